@@ -1,0 +1,50 @@
+"""Shared base of the callbacks that read the meta-test trajectories of a validation or test run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.tensorboard import SummaryWriter
+
+from lightning_l2o.evaluation import Trajectory
+
+
+class MetaTestCallback(pl.Callback):
+    """Calls :meth:`on_meta_test_end` once per validation or test run (not the sanity check), on rank 0."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._dispatch(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._dispatch(trainer, pl_module, "test")
+
+    def _dispatch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        trajectories = getattr(pl_module, "meta_test_trajectories", [])
+        if trainer.is_global_zero and trajectories:
+            self.on_meta_test_end(trainer, pl_module, stage, trajectories)
+
+    def on_meta_test_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, trajectories: list[Trajectory]
+    ) -> None:
+        raise NotImplementedError
+
+
+def tensorboard(trainer: pl.Trainer) -> SummaryWriter | None:
+    """The trainer's TensorBoard writer, if it logs to TensorBoard."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The run's folder: the logger's version folder, else ``default_root_dir``."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def learned_trajectories(pl_module: pl.LightningModule, trajectories: list[Trajectory]) -> list[Trajectory]:
+    name = pl_module.meta_optimizer.name
+    return [t for t in trajectories if t.method == name]

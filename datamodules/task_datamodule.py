@@ -1,0 +1,115 @@
+"""TaskDataModule: samples optimizee tasks for meta-training, validation and meta-test."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from datamodules.task_stream import SegmentDataset
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.tasks import Segment, TaskSpec, build_task
+
+
+class TaskDataModule(pl.LightningDataModule):
+    """Training segments from a seeded task stream; fixed held-out tasks for validation and test.
+
+    Training draws tasks from ``train_tasks`` templates with seeds derived from ``(seed, rank, task
+    counter)``, never equal to a validation or test seed, and cuts each task's horizon into segments
+    of ``unroll_length`` inner steps (one segment per outer step). The stream position is part of
+    the datamodule's ``state_dict``, so a resumed ``fit`` continues the stream where it stopped.
+    Validation and test tasks are the templates crossed with ``val_seeds`` / ``test_seeds``.
+
+    Args:
+        train_tasks: task templates to meta-train on (their ``seed`` is ignored).
+        val_tasks: templates of validation tasks (baselines' learning rates are tuned on them).
+        test_tasks: templates of meta-test tasks; every family must also appear in ``val_tasks``.
+        unroll_length: inner steps K per outer step (a truncation of the task's horizon).
+        epoch_length: outer steps per training epoch.
+        seed: base seed of the training stream.
+        val_seeds: seeds of validation tasks.
+        test_seeds: seeds of test tasks.
+    """
+
+    def __init__(
+        self,
+        train_tasks: list[TaskSpec],
+        val_tasks: list[TaskSpec],
+        test_tasks: list[TaskSpec],
+        unroll_length: int = 10,
+        epoch_length: int = 100,
+        seed: int = 0,
+        val_seeds: list[int] = [201, 202, 203],
+        test_seeds: list[int] = [101, 102, 103, 104, 105],
+    ) -> None:
+        super().__init__()
+        if unroll_length < 1 or epoch_length < 1:
+            raise ConfigError(f"unroll_length and epoch_length must be >= 1, got {unroll_length}, {epoch_length}")
+        for key, templates in (("train_tasks", train_tasks), ("val_tasks", val_tasks), ("test_tasks", test_tasks)):
+            _check_templates(key, templates)
+        shared = sorted(set(val_seeds) & set(test_seeds))
+        if shared:
+            raise ConfigError(f"val_seeds and test_seeds must be disjoint; both contain {shared}")
+        missing = {t.family for t in test_tasks} - {t.family for t in val_tasks}
+        if missing:
+            raise ConfigError(
+                f"test_tasks family {sorted(missing)} has no val_tasks entry: baselines' learning rates are tuned "
+                f"per family on validation tasks, so add a val_tasks template of that family"
+            )
+        self.train_tasks, self.val_tasks, self.test_tasks = list(train_tasks), list(val_tasks), list(test_tasks)
+        self.unroll_length, self.epoch_length, self.seed = unroll_length, epoch_length, seed
+        self.val_seeds, self.test_seeds = list(val_seeds), list(test_seeds)
+        self.next_index = 0
+
+    @property
+    def heldout_seeds(self) -> frozenset[int]:
+        return frozenset(self.val_seeds) | frozenset(self.test_seeds)
+
+    def val_specs(self) -> list[TaskSpec]:
+        return _cross(self.val_tasks, self.val_seeds)
+
+    def test_specs(self) -> list[TaskSpec]:
+        return _cross(self.test_tasks, self.test_seeds)
+
+    def train_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        dataset = SegmentDataset(self.train_tasks, self.seed, rank, self.heldout_seeds, self.unroll_length,
+                                 self.epoch_length, self.next_index)
+        return DataLoader(dataset, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_specs(), batch_size=None, collate_fn=_identity)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_specs(), batch_size=None, collate_fn=_identity)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, Segment) and self.trainer is not None and self.trainer.training:
+            self.next_index = batch.index + 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_index": self.next_index, "seed": self.seed, "unroll_length": self.unroll_length}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.next_index = int(state_dict["next_index"])
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _cross(templates: Sequence[TaskSpec], seeds: Sequence[int]) -> list[TaskSpec]:
+    return [t.with_seed(s, index=i) for i, (t, s) in enumerate((t, s) for t in templates for s in seeds)]
+
+
+def _check_templates(key: str, templates: Sequence[TaskSpec]) -> None:
+    if not templates:
+        raise ConfigError(f"{key} is empty: give at least one task template")
+    for i, template in enumerate(templates):
+        try:
+            build_task(template)
+        except ConfigError as err:
+            raise ConfigError(f"data.{key}[{i}]: {err}") from None

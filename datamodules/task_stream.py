@@ -1,0 +1,62 @@
+"""Reproducible streams of task specs and of the unroll segments that meta-training consumes."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import IterableDataset
+
+from lightning_l2o.tasks import Segment, TaskSpec
+
+MAX_SEED = 2**31 - 1
+
+
+def task_stream(
+    templates: Sequence[TaskSpec], seed: int, rank: int = 0, heldout_seeds: frozenset[int] = frozenset()
+) -> Iterator[TaskSpec]:
+    """Endless training tasks: task ``c`` of ``rank`` is drawn from ``(seed, rank, c)`` alone.
+
+    Each task picks a template uniformly and a fresh seed that is never one of ``heldout_seeds``.
+    """
+    for counter in itertools.count():
+        rng = np.random.default_rng([seed, rank, counter])
+        template = templates[int(rng.integers(len(templates)))]
+        task_seed = int(rng.integers(MAX_SEED))
+        while task_seed in heldout_seeds:
+            task_seed = int(rng.integers(MAX_SEED))
+        yield template.with_seed(task_seed, index=counter)
+
+
+def segment_stream(tasks: Iterator[TaskSpec], unroll_length: int) -> Iterator[Segment]:
+    """Cut each task's horizon into segments of ``unroll_length`` inner steps (the last may be shorter)."""
+    index = 0
+    for spec in tasks:
+        for start in range(0, spec.horizon, unroll_length):
+            yield Segment(index, spec, start, min(unroll_length, spec.horizon - start))
+            index += 1
+
+
+class SegmentDataset(IterableDataset):
+    """One training epoch of segments, resuming inside the epoch at ``start_index``.
+
+    Epoch ``e`` is segments ``[e * length, (e + 1) * length)``; iterating from ``start_index`` yields
+    the rest of the epoch that contains it.
+    """
+
+    def __init__(
+        self, templates: Sequence[TaskSpec], seed: int, rank: int, heldout_seeds: frozenset[int],
+        unroll_length: int, epoch_length: int, start_index: int,
+    ) -> None:
+        self.templates, self.seed, self.rank, self.heldout_seeds = templates, seed, rank, heldout_seeds
+        self.unroll_length, self.epoch_length, self.start_index = unroll_length, epoch_length, start_index
+
+    def __len__(self) -> int:
+        return self.epoch_length
+
+    def __iter__(self) -> Iterator[Segment]:
+        end = (self.start_index // self.epoch_length + 1) * self.epoch_length
+        segments = segment_stream(task_stream(self.templates, self.seed, self.rank, self.heldout_seeds),
+                                  self.unroll_length)
+        return itertools.islice(segments, self.start_index, end)

@@ -1,0 +1,134 @@
+"""Meta-test: train held-out optimizees with an update rule (no meta-gradient) and tune baselines' lr."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
+from lightning_l2o.tasks import TaskSpec
+from lightning_l2o.unroll import InnerState, inner_step
+
+DIVERGENCE_FACTOR = 1e6
+
+
+@dataclass
+class Trajectory:
+    """One optimizee trained by one method: its loss curve, final metrics and the rule's per-step info.
+
+    ``losses`` is the training loss at each inner step ``(T,)``; ``infos`` maps each info key to a
+    ``(T, ...)`` tensor (scalars become ``(T,)``, embeddings ``(T, E)``).
+    """
+
+    spec: TaskSpec
+    method: str
+    lr: float
+    losses: Tensor
+    final: dict[str, float]
+    diverged: bool
+    infos: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        """Full-data training loss at the end; ``inf`` if the run diverged."""
+        return math.inf if self.diverged else self.final["train_loss"]
+
+
+def meta_test(
+    update_rule: MetaOptimizer, spec: TaskSpec, lr: float | None = None, method: str | None = None
+) -> Trajectory:
+    """Train a fresh optimizee of ``spec`` for ``spec.horizon`` steps with ``update_rule`` (no meta-gradient).
+
+    A run whose loss becomes non-finite or grows ``DIVERGENCE_FACTOR`` times above its start stops there
+    and is marked ``diverged``; nothing raises.
+    """
+    lr = update_rule.lr if lr is None else lr
+    losses, infos = [], defaultdict(list)
+    with torch.inference_mode(False), torch.enable_grad():
+        state = InnerState.start(spec, update_rule)
+        diverged = False
+        for _ in range(spec.horizon):
+            state, loss, _, info = inner_step(update_rule, state, lr, create_graph=False, track_update=False)
+            value = loss.item()
+            losses.append(value)
+            for key, v in info.items():
+                infos[key].append(v.detach())
+            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(abs(losses[0]), 1.0):
+                diverged = True
+                break
+        diverged = diverged or not state.is_finite()
+        final = state.task.evaluate(state.params) if not diverged else _nan_metrics()
+    diverged = diverged or not math.isfinite(final["train_loss"])
+    return Trajectory(
+        spec, method or update_rule.name, float(lr), torch.tensor(losses), final, diverged,
+        {k: torch.stack(v) for k, v in infos.items()},
+    )
+
+
+def _nan_metrics() -> dict[str, float]:
+    return {"train_loss": math.nan, "test_loss": math.nan, "test_accuracy": math.nan}
+
+
+def grid_search(
+    baselines: Sequence[str], lr_grid: Sequence[float], specs: Iterable[TaskSpec]
+) -> dict[tuple[str, float, str], Trajectory]:
+    """Run every baseline at every lr on every spec: ``{(baseline, lr, spec.name): trajectory}``."""
+    return {
+        (name, lr, spec.name): meta_test(build_baseline(name, lr), spec, method=name)
+        for spec in specs
+        for name in baselines
+        for lr in lr_grid
+    }
+
+
+def best_lrs(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, str], float]:
+    """Per ``(baseline, family)``: the lr with the lowest mean log final training loss (diverged = worst)."""
+    scores: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    for (name, lr, _), traj in grid.items():
+        scores[(name, traj.spec.family, lr)].append(_log_loss(traj.final_loss))
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for (name, family, lr), values in scores.items():
+        score = sum(values) / len(values)
+        if (name, family) not in best or score < best[(name, family)][0]:
+            best[(name, family)] = (score, lr)
+    return {key: lr for key, (_, lr) in best.items()}
+
+
+def _log_loss(loss: float) -> float:
+    return math.log10(max(loss, 1e-12)) if math.isfinite(loss) else math.inf
+
+
+def summarize(trajectories: Iterable[Trajectory]) -> list[dict[str, float | str | int]]:
+    """Mean and std per ``(architecture, method)`` of final train loss and test accuracy, diverged runs counted."""
+    groups: dict[tuple[str, str], list[Trajectory]] = defaultdict(list)
+    for traj in trajectories:
+        groups[(traj.spec.architecture, traj.method)].append(traj)
+    rows = []
+    for (architecture, method), trajs in sorted(groups.items()):
+        ok = [t for t in trajs if not t.diverged]
+        loss = torch.tensor([t.final["train_loss"] for t in ok], dtype=torch.float64)
+        acc = torch.tensor([t.final["test_accuracy"] for t in ok], dtype=torch.float64)
+        rows.append({
+            "architecture": architecture, "method": method, "lr": _lr_label(trajs), "runs": len(trajs),
+            "diverged": len(trajs) - len(ok),
+            "final_loss_mean": _mean(loss), "final_loss_std": _std(loss),
+            "test_accuracy_mean": _mean(acc), "test_accuracy_std": _std(acc),
+        })
+    return rows
+
+
+def _lr_label(trajs: Sequence[Trajectory]) -> str:
+    return "/".join(f"{lr:g}" for lr in sorted({t.lr for t in trajs}))
+
+
+def _mean(x: Tensor) -> float:
+    return float(x.mean()) if len(x) else math.nan
+
+
+def _std(x: Tensor) -> float:
+    return float(x.std(unbiased=False)) if len(x) else math.nan

@@ -1,0 +1,15 @@
+"""Update rules: learned meta-optimizers and hand-designed baselines behind one interface."""
+
+from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State
+from lightning_l2o.meta_optimizers.baselines import (
+    BASELINES,
+    Adam,
+    SGDMomentum,
+    build_baseline,
+)
+from lightning_l2o.meta_optimizers.opt2vec import Opt2Vec, TinyOpt2VecNetwork
+
+__all__ = [
+    "BASELINES", "Adam", "Info", "MetaOptimizer", "Opt2Vec", "SGDMomentum", "State", "TinyOpt2VecNetwork",
+    "build_baseline",
+]

@@ -1,0 +1,79 @@
+"""The one interface every update rule implements, learned or hand-designed.
+
+An update rule is a pure function of (params, grads, loss, state, lr): it returns new parameters, a
+new state and an ``info`` dict of what callbacks show (effective lr, momentum, embeddings). All
+tensors are flat over every parameter of the optimizee (see :class:`~lightning_l2o.params.ParamLayout`),
+so one call updates all parameters at once. The same ``forward`` runs in the differentiable inner
+loop of meta-training, in meta-test, and under ``torch.no_grad()`` in the deployable optimizer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.params import ParamLayout
+
+State = dict[str, Tensor]
+Info = dict[str, Tensor]
+
+
+class MetaOptimizer(nn.Module, ABC):
+    """Base class of update rules.
+
+    Subclasses pass their constructor arguments to ``super().__init__(**config)`` so that a trained
+    rule can be rebuilt from a checkpoint without the training code
+    (:func:`lightning_l2o.optim.load_learned_optimizer`).
+
+    Attributes:
+        lr: the default step size, used when a caller gives none (the deploy wrapper's ``lr``).
+        uses_loss: whether ``forward`` reads ``loss`` (the deploy wrapper then requires it).
+    """
+
+    lr: float
+    uses_loss: bool = False
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        """Method name used in logs and tables, e.g. ``opt2vec`` or ``adam``."""
+        return type(self).__name__.lower()
+
+    @property
+    def is_learned(self) -> bool:
+        return any(True for _ in self.parameters())
+
+    @abstractmethod
+    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+        """Optimizer state for flat ``params`` of shape ``(n,)``; all values are tensors."""
+
+    @abstractmethod
+    def forward(
+        self, params: Tensor, grads: Tensor, loss: Tensor, state: State, lr: float | Tensor
+    ) -> tuple[Tensor, State, Info]:
+        """One update. ``params``, ``grads``: ``(n,)``; ``loss``: scalar; returns ``(params', state', info)``."""
+
+
+def check_positive(owner: str, **values: float) -> None:
+    """Raise a ``ValueError`` naming the first argument that is not > 0."""
+    for key, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"{owner}: {key} must be > 0, got {value}")
+
+
+def check_fraction(owner: str, **values: float) -> None:
+    """Raise a ``ValueError`` naming the first argument outside [0, 1)."""
+    for key, value in values.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"{owner}: {key} must be in [0, 1), got {value}")
+
+
+def as_tensor(value: float | Tensor, like: Tensor) -> Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)

@@ -1,0 +1,68 @@
+"""Hand-designed optimizers in the meta-optimizer form (no learnable parameters)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.meta_optimizers.base import (
+    MetaOptimizer,
+    State,
+    check_fraction,
+    check_positive,
+)
+from lightning_l2o.params import ParamLayout
+
+
+class SGDMomentum(MetaOptimizer):
+    """``m <- momentum * m + g``; ``theta <- theta - lr * m`` (``torch.optim.SGD`` with momentum)."""
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
+        check_positive("SGDMomentum", lr=lr)
+        check_fraction("SGDMomentum", momentum=momentum)
+        super().__init__(lr=lr, momentum=momentum)
+        self.lr, self.momentum = lr, momentum
+
+    @property
+    def name(self) -> str:
+        return "sgd_momentum"
+
+    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+        return {"momentum_buffer": params.new_zeros(params.shape)}
+
+    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, lr: float | Tensor):
+        buf = self.momentum * state["momentum_buffer"] + grads
+        return params - lr * buf, {"momentum_buffer": buf}, {}
+
+
+class Adam(MetaOptimizer):
+    """Adam (Kingma & Ba, 2015) with bias correction, as ``torch.optim.Adam``."""
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        check_positive("Adam", lr=lr, eps=eps)
+        check_fraction("Adam", beta1=beta1, beta2=beta2)
+        super().__init__(lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+
+    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+        zeros = params.new_zeros(params.shape)
+        return {"exp_avg": zeros, "exp_avg_sq": zeros.clone(), "step": params.new_zeros(())}
+
+    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, lr: float | Tensor):
+        step = state["step"] + 1
+        m = self.beta1 * state["exp_avg"] + (1 - self.beta1) * grads
+        v = self.beta2 * state["exp_avg_sq"] + (1 - self.beta2) * grads.square()
+        m_hat = m / (1 - self.beta1**step)
+        v_hat = v / (1 - self.beta2**step)
+        new_params = params - lr * m_hat / (v_hat.sqrt() + self.eps)
+        return new_params, {"exp_avg": m, "exp_avg_sq": v, "step": step}, {}
+
+
+BASELINES: dict[str, type[MetaOptimizer]] = {"adam": Adam, "sgd_momentum": SGDMomentum}
+
+
+def build_baseline(name: str, lr: float) -> MetaOptimizer:
+    """The hand-designed optimizer called ``name`` at learning rate ``lr``."""
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline '{name}'; choose from: {', '.join(BASELINES)}")
+    return BASELINES[name](lr=lr)

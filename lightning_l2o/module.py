@@ -1,0 +1,263 @@
+"""L2OModule: meta-trains any MetaOptimizer with truncated unrolls and meta-tests it against tuned baselines."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.evaluation import DIVERGENCE_FACTOR, Trajectory, best_lrs, grid_search, meta_test, summarize
+from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
+from lightning_l2o.meta_optimizers.baselines import BASELINES
+from lightning_l2o.tasks import Segment, TaskSpec
+from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss, unroll
+
+CHECKPOINT_KEY = "lightning_l2o"
+
+
+class L2OModule(pl.LightningModule):
+    """Meta-trains ``meta_optimizer`` (manual optimization) and meta-tests it.
+
+    Training: each batch is a :class:`~lightning_l2o.tasks.Segment` of K inner steps. The inner state
+    (optimizee parameters, optimizer state, history, batch generator) is carried from one segment of a
+    task to the next and detached in between; a new task starts a fresh optimizee. The segment's
+    meta-loss is backpropagated (optionally in windows of ``backprop_window`` steps), clipped, and
+    applied by Adam. A non-finite meta-loss, inner state or meta-gradient skips the outer update, is
+    counted in ``train/nonfinite_segments`` and restarts the task.
+
+    Validation and test: every held-out task is trained for its horizon by the learned rule and by
+    each of ``baselines`` at the lr that is best on the validation tasks of its family (searched on
+    ``lr_grid``), without meta-gradients. Trajectories are kept in :attr:`meta_test_trajectories` for
+    the callbacks that plot and log them.
+
+    Args:
+        meta_optimizer: the learned update rule to meta-train.
+        meta_loss: ``train`` (mean training loss over the unroll) or ``lookahead`` (loss right after each update).
+        lookahead_batch: for ``lookahead``, evaluate on a ``fresh`` batch or the ``same`` batch.
+        backprop_window: backpropagate through at most this many inner steps at a time (``null``: the whole
+            segment). Gradients of all windows of a segment are summed into one outer update.
+        outer_lr: learning rate of the outer Adam.
+        weight_decay: Adam weight decay on the meta-parameters.
+        gradient_clip_val: clip the meta-gradient's norm to this value (``null``: no clipping).
+        cosine_schedule: decay ``outer_lr`` to zero over ``trainer.max_steps`` with a cosine.
+        baselines: hand-designed optimizers to compare with (``adam``, ``sgd_momentum``).
+        lr_grid: learning rates tried for each baseline.
+        max_consecutive_nonfinite: stop with an error after this many skipped segments in a row.
+    """
+
+    def __init__(
+        self,
+        meta_optimizer: MetaOptimizer,
+        meta_loss: MetaLoss = "train",
+        lookahead_batch: LookaheadBatch = "fresh",
+        backprop_window: int | None = None,
+        outer_lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        gradient_clip_val: float | None = 1.0,
+        cosine_schedule: bool = False,
+        baselines: list[str] = ["adam", "sgd_momentum"],
+        lr_grid: list[float] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+        max_consecutive_nonfinite: int = 50,
+    ) -> None:
+        super().__init__()
+        if not meta_optimizer.is_learned:
+            raise ConfigError(f"model.meta_optimizer: {type(meta_optimizer).__name__} has no parameters to learn")
+        if meta_loss not in ("train", "lookahead") or lookahead_batch not in ("fresh", "same"):
+            raise ConfigError(f"model.meta_loss must be train|lookahead and model.lookahead_batch fresh|same, "
+                              f"got {meta_loss!r}, {lookahead_batch!r}")
+        if backprop_window is not None and backprop_window < 1:
+            raise ConfigError(f"model.backprop_window must be >= 1 or null, got {backprop_window}")
+        if not outer_lr > 0 or weight_decay < 0 or (gradient_clip_val is not None and not gradient_clip_val > 0):
+            raise ConfigError("model.outer_lr must be > 0, model.weight_decay >= 0 and model.gradient_clip_val > 0 "
+                              f"or null; got {outer_lr}, {weight_decay}, {gradient_clip_val}")
+        unknown = [b for b in baselines if b not in BASELINES]
+        if unknown or not lr_grid or min(lr_grid) <= 0:
+            raise ConfigError(f"model.baselines must be names from {list(BASELINES)} (unknown: {unknown}) and "
+                              f"model.lr_grid a non-empty list of positive learning rates, got {lr_grid}")
+        self.save_hyperparameters(ignore=["meta_optimizer"])
+        self.save_hyperparameters({"meta_optimizer": meta_optimizer_config(meta_optimizer)})
+        self.automatic_optimization = False
+        self.meta_optimizer = meta_optimizer
+        self.meta_test_trajectories: list[Trajectory] = []
+        self.nonfinite_segments = 0
+        self._consecutive_nonfinite = 0
+        self._inner: InnerState | None = None
+        self._restored_inner: dict[str, Any] | None = None
+        self._val_grid: dict[tuple[str, float, str], Trajectory] = {}
+        self._tuned_lrs: dict[tuple[str, str], float] = {}
+
+    # ----------------------------------------------------------------------------------------- training
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(
+            self.meta_optimizer.parameters(), lr=self.hparams.outer_lr, weight_decay=self.hparams.weight_decay
+        )
+        if not self.hparams.cosine_schedule:
+            return optimizer
+        if self.trainer.max_steps is None or self.trainer.max_steps <= 0:
+            raise ConfigError("model.cosine_schedule needs trainer.max_steps > 0 to know how long to decay")
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def training_step(self, segment: Segment, batch_idx: int) -> torch.Tensor | None:
+        optimizer = self.optimizers()
+        state = self._inner_state_for(segment.task)
+        window = self.hparams.backprop_window or segment.length
+        lengths = [min(window, segment.length - s) for s in range(0, segment.length, window)]
+        meta_losses, inner_losses, infos = [], [], []
+        for length in lengths:
+            result = unroll(self.meta_optimizer, state, length, self.hparams.meta_loss, self.hparams.lookahead_batch)
+            if not torch.isfinite(result.meta_loss) or not result.state.is_finite():
+                return self._skip_nonfinite(optimizer, segment.task)
+            self.manual_backward(result.meta_loss / len(lengths))
+            state = result.state.detached()
+            meta_losses.append(result.meta_loss.detach())
+            inner_losses.append(result.inner_losses)
+            infos.append(result.info)
+        grads = [p.grad for p in self.meta_optimizer.parameters() if p.grad is not None]
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            return self._skip_nonfinite(optimizer, segment.task)
+        if self.hparams.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self._inner = state
+        self._consecutive_nonfinite = 0
+        meta_loss = torch.stack(meta_losses).mean()
+        self.log("train/meta_loss", meta_loss, prog_bar=True)
+        self.log("train/inner_loss", torch.cat(inner_losses).mean())
+        self.log("train/outer_lr", optimizer.param_groups[0]["lr"])
+        self.log("train/nonfinite_segments", float(self.nonfinite_segments))
+        for key in infos[0]:
+            self.log(f"train/{key}", torch.stack([i[key] for i in infos]).mean())
+        return meta_loss
+
+    def _inner_state_for(self, spec: TaskSpec) -> InnerState:
+        """Continue the current optimizee of ``spec`` (or the one restored from a checkpoint), else start one."""
+        key = (spec.index, spec.seed)
+        restored, self._restored_inner = self._restored_inner, None
+        if restored is not None and (restored["spec"]["index"], restored["spec"]["seed"]) == key:
+            self._inner = InnerState.from_state_dict(restored)
+        if self._inner is None or (self._inner.task.spec.index, self._inner.task.spec.seed) != key:
+            self._inner = InnerState.start(spec, self.meta_optimizer)
+        return self._inner
+
+    def _skip_nonfinite(self, optimizer: Any, spec: TaskSpec) -> None:
+        optimizer.zero_grad()
+        self.nonfinite_segments += 1
+        self._consecutive_nonfinite += 1
+        self.log("train/nonfinite_segments", float(self.nonfinite_segments))
+        if self._consecutive_nonfinite >= self.hparams.max_consecutive_nonfinite:
+            raise RuntimeError(
+                f"{self._consecutive_nonfinite} segments in a row had a non-finite meta-loss or meta-gradient "
+                f"(last task {spec.name}); lower model.outer_lr or the meta-optimizer's lr, or set "
+                f"model.gradient_clip_val"
+            )
+        self._inner = InnerState.start(spec, self.meta_optimizer)
+        return None
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "meta_optimizer": meta_optimizer_config(self.meta_optimizer),
+            "inner_state": self._inner.state_dict() if self._inner is not None else None,
+            "nonfinite_segments": self.nonfinite_segments,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:
+            raise ConfigError("the checkpoint was not written by lightning_l2o (no 'lightning_l2o' entry); "
+                              "pass a checkpoint saved by `python -m lightning_l2o fit`")
+        check_compatible(saved["meta_optimizer"], self.meta_optimizer)
+        self._restored_inner = saved["inner_state"]
+        self.nonfinite_segments = saved["nonfinite_segments"]
+
+    # ----------------------------------------------------------------------------------------- meta-test
+    def on_validation_epoch_start(self) -> None:
+        self.meta_test_trajectories = []
+
+    def validation_step(self, spec: TaskSpec, batch_idx: int) -> None:
+        self.meta_test_trajectories.append(meta_test(self.meta_optimizer, spec))
+        if not any(key[2] == spec.name for key in self._val_grid):
+            self._val_grid.update(grid_search(self.hparams.baselines, self.hparams.lr_grid, [spec]))
+
+    def on_validation_epoch_end(self) -> None:
+        names = {t.spec.name for t in self.meta_test_trajectories}
+        grid = {key: traj for key, traj in self._val_grid.items() if key[2] in names}
+        lrs = best_lrs(grid)
+        self.meta_test_trajectories += [
+            traj for (name, lr, _), traj in grid.items() if lrs[(name, traj.spec.family)] == lr
+        ]
+        self._log_meta_test("val")
+
+    def on_test_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "val_specs"):
+            raise ConfigError("test needs a TaskDataModule (data: class_path: datamodules.TaskDataModule): "
+                              "baselines' learning rates are tuned on its validation tasks")
+        self._tuned_lrs = best_lrs(grid_search(self.hparams.baselines, self.hparams.lr_grid, datamodule.val_specs()))
+
+    def on_test_epoch_start(self) -> None:
+        self.meta_test_trajectories = []
+
+    def test_step(self, spec: TaskSpec, batch_idx: int) -> None:
+        self.meta_test_trajectories.append(meta_test(self.meta_optimizer, spec))
+        for name in self.hparams.baselines:
+            lr = self._tuned_lrs[(name, spec.family)]
+            self.meta_test_trajectories.append(meta_test(build_baseline(name, lr), spec))
+
+    def on_test_epoch_end(self) -> None:
+        for traj in self.meta_test_trajectories:
+            self._log_final(f"test/{traj.spec.name}/{traj.method}", traj.final_loss, traj.final["test_accuracy"])
+        self._log_meta_test("test")
+
+    def _log_meta_test(self, stage: str) -> None:
+        """Per architecture and method: mean final loss and accuracy; ``{stage}/loss``: the learned rule's mean log10
+        final loss."""
+        for row in summarize(self.meta_test_trajectories):
+            prefix = f"{stage}/{row['architecture']}/{row['method']}"
+            self._log_final(prefix, row["final_loss_mean"], row["test_accuracy_mean"])
+            self.log(f"{prefix}/diverged", float(row["diverged"]))
+        learned = [t for t in self.meta_test_trajectories if t.method == self.meta_optimizer.name]
+        worst = math.log10(DIVERGENCE_FACTOR)
+        logs = [min(math.log10(max(t.final_loss, 1e-12)), worst) for t in learned]
+        if logs:
+            self.log(f"{stage}/loss", sum(logs) / len(logs), prog_bar=True)
+
+    def _log_final(self, prefix: str, loss: float, accuracy: float) -> None:
+        self.log(f"{prefix}/final_loss", loss)
+        if math.isfinite(accuracy):
+            self.log(f"{prefix}/test_accuracy", accuracy)
+
+
+def meta_optimizer_config(rule: MetaOptimizer) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` that rebuild ``rule`` (the form LightningCLI configs use)."""
+    return {"class_path": f"{type(rule).__module__}.{type(rule).__qualname__}", "init_args": dict(rule.config)}
+
+
+def check_compatible(saved: dict[str, Any], rule: MetaOptimizer) -> None:
+    """Raise a :class:`ConfigError` if ``rule`` is not the class and configuration a checkpoint was trained with."""
+    class_path = meta_optimizer_config(rule)["class_path"]
+    if saved["class_path"] != class_path:
+        raise ConfigError(f"the checkpoint holds a {saved['class_path']} but the config builds a {class_path}; "
+                          f"use the config the checkpoint was trained with")
+    differing = {k: (v, rule.config.get(k)) for k, v in saved["init_args"].items() if rule.config.get(k) != v}
+    if differing:
+        detail = ", ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in differing.items())
+        raise ConfigError(f"the checkpoint's meta-optimizer was configured differently ({detail}); "
+                          f"set model.meta_optimizer.init_args to the checkpoint's values")
+
+
+def build_meta_optimizer(saved: dict[str, Any]) -> MetaOptimizer:
+    """Instantiate the meta-optimizer class and configuration recorded in a checkpoint."""
+    module_name, _, class_name = saved["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**saved["init_args"])

@@ -1,0 +1,131 @@
+"""The inner loop: optimizee training steps driven by an update rule, differentiable for meta-training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State
+from lightning_l2o.tasks import Task, TaskSpec, build_task
+
+MetaLoss = Literal["train", "lookahead"]
+LookaheadBatch = Literal["fresh", "same"]
+
+
+@dataclass
+class InnerState:
+    """Everything an optimizee's training carries from one step to the next."""
+
+    task: Task
+    params: Tensor
+    opt_state: State
+    step: int
+    generator: torch.Generator
+
+    @classmethod
+    def start(cls, spec: TaskSpec, update_rule: MetaOptimizer, task: Task | None = None) -> InnerState:
+        """A freshly initialised optimizee of ``spec`` (``task`` reuses an already built one)."""
+        task = task or build_task(spec)
+        generator = task.generator()
+        params = task.init_params(generator)
+        return cls(task, params, update_rule.init_state(params, task.layout), 0, generator)
+
+    def detached(self) -> InnerState:
+        """The same state cut from the autograd graph: the boundary between truncations."""
+        return InnerState(
+            self.task, self.params.detach(), {k: v.detach() for k, v in self.opt_state.items()}, self.step,
+            self.generator,
+        )
+
+    def is_finite(self) -> bool:
+        return bool(torch.isfinite(self.params).all()) and all(
+            bool(torch.isfinite(v).all()) for v in self.opt_state.values()
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain types and tensors only (loadable with ``torch.load(weights_only=True)``)."""
+        return {
+            "spec": self.task.spec.to_dict(),
+            "params": self.params.detach().clone(),
+            "opt_state": {k: v.detach().clone() for k, v in self.opt_state.items()},
+            "step": self.step,
+            "generator": self.generator.get_state(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, data: dict[str, Any]) -> InnerState:
+        task = build_task(TaskSpec.from_dict(data["spec"]))
+        generator = torch.Generator()
+        generator.set_state(data["generator"])
+        return cls(task, data["params"], dict(data["opt_state"]), data["step"], generator)
+
+
+def inner_step(
+    update_rule: MetaOptimizer, state: InnerState, lr: float | Tensor, create_graph: bool, track_update: bool = True
+) -> tuple[InnerState, Tensor, tuple[Tensor, ...], Info]:
+    """Sample a batch, take the gradient and apply ``update_rule`` once.
+
+    Returns the new state, the loss *before* the update (scalar), the batch and the rule's info.
+    ``create_graph`` keeps the gradient differentiable (needed when later updates are backpropagated
+    through); ``track_update=False`` applies the rule without recording a graph (meta-test).
+    """
+    params = state.params if state.params.requires_grad else state.params.requires_grad_()
+    batch = state.task.sample_batch(state.generator)
+    loss = state.task.loss(params, batch)
+    (grads,) = torch.autograd.grad(loss, params, create_graph=create_graph)
+    with torch.set_grad_enabled(track_update):
+        new_params, opt_state, info = update_rule(params, grads, loss, state.opt_state, lr)
+    return InnerState(state.task, new_params, opt_state, state.step + 1, state.generator), loss, batch, info
+
+
+@dataclass
+class UnrollResult:
+    """The meta-loss of a truncated unroll and the inner state it ends in (still attached to the graph)."""
+
+    meta_loss: Tensor
+    state: InnerState
+    inner_losses: Tensor
+    info: dict[str, Tensor]
+
+
+def unroll(
+    update_rule: MetaOptimizer,
+    state: InnerState,
+    num_steps: int,
+    meta_loss: MetaLoss = "train",
+    lookahead_batch: LookaheadBatch = "fresh",
+) -> UnrollResult:
+    """Run ``num_steps`` differentiable inner steps from ``state`` and return the meta-loss.
+
+    ``meta_loss``:
+        - ``"train"``: mean training loss at the parameters after each update, each on the batch that the
+          next inner step trains on (the last one on one more batch); the classic unrolled objective.
+        - ``"lookahead"``: mean over steps of the loss right after each update on a ``fresh`` batch or on
+          the ``same`` batch the update was computed from (one-step lookahead).
+
+    Gradients are taken with ``create_graph=True`` only when ``num_steps > 1``: a single step starts from
+    detached parameters, so its gradient has no dependence on the meta-parameters.
+    """
+    if num_steps < 1:
+        raise ConfigError(f"unroll needs num_steps >= 1, got {num_steps}")
+    create_graph = num_steps > 1
+    terms, inner_losses, infos = [], [], []
+    for i in range(num_steps):
+        state, loss, batch, info = inner_step(update_rule, state, update_rule.lr, create_graph)
+        inner_losses.append(loss.detach())
+        infos.append(info)
+        if meta_loss == "train" and i > 0:
+            terms.append(loss)
+        elif meta_loss == "lookahead":
+            eval_batch = batch if lookahead_batch == "same" else state.task.sample_batch(state.generator)
+            terms.append(state.task.loss(state.params, eval_batch))
+    if meta_loss == "train":
+        terms.append(state.task.loss(state.params, state.task.sample_batch(state.generator)))
+    scalar_info = {
+        k: torch.stack([i[k].detach() for i in infos]).mean() for k, v in infos[0].items() if v.dim() == 0
+    }
+    return UnrollResult(torch.stack(terms).mean(), state, torch.stack(inner_losses), scalar_info)

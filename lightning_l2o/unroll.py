@@ -77,8 +77,10 @@ def inner_step(
     batch = state.task.sample_batch(state.generator)
     loss = state.task.loss(params, batch)
     (grads,) = torch.autograd.grad(loss, params, create_graph=create_graph)
+    # Without create_graph the loss's graph is freed; the rule then sees it as a constant, like the gradient.
+    rule_loss = loss if create_graph else loss.detach()
     with torch.set_grad_enabled(track_update):
-        new_params, opt_state, info = update_rule(params, grads, loss, state.opt_state, lr)
+        new_params, opt_state, info = update_rule(params, grads, rule_loss, state.opt_state, lr)
     return InnerState(state.task, new_params, opt_state, state.step + 1, state.generator), loss, batch, info
 
 

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.meta_optimizers import Adam, SGDMomentum, build_baseline
+from lightning_l2o.params import ParamLayout
+
+
+@pytest.mark.parametrize(
+    "rule, reference",
+    [
+        (SGDMomentum(lr=0.05, momentum=0.8), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8)),
+        (Adam(lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
+    ],
+)
+def test_matches_torch_optim(rule, reference):
+    torch.manual_seed(0)
+    target = torch.randn(6)
+    theta = torch.randn(6)
+    ref_param = theta.clone().requires_grad_()
+    ref = reference([ref_param])
+    state = rule.init_state(theta, ParamLayout(("x",), (torch.Size([6]),)))
+    for _ in range(5):
+        grad = 2 * (theta - target) * torch.arange(1.0, 7.0)
+        theta, state, _ = rule(theta, grad, torch.tensor(0.0), state, rule.lr)
+        ref.zero_grad()
+        ((ref_param - target).square() * torch.arange(1.0, 7.0)).sum().backward()
+        ref.step()
+    assert torch.allclose(theta, ref_param.detach(), atol=1e-6)
+
+
+def test_baselines_have_nothing_to_learn_and_bad_values_are_named():
+    assert not build_baseline("adam", 1e-3).is_learned
+    with pytest.raises(ConfigError, match="momentum must be in"):
+        SGDMomentum(momentum=1.5)
+    with pytest.raises(ConfigError, match="unknown baseline 'rmsprop'"):
+        build_baseline("rmsprop", 0.1)

@@ -1,0 +1,88 @@
+import copy
+
+import pytest
+import torch
+
+from lightning_l2o import L2OModule, Opt2Vec
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.evaluation import meta_test
+from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
+
+
+class PoisonedOpt2Vec(Opt2Vec):
+    """Opt2Vec that returns NaN parameters on chosen forward calls (to exercise non-finite handling)."""
+
+    def __init__(self, poison_calls=(), **kwargs):
+        super().__init__(**kwargs)
+        self.poison_calls, self.calls = set(poison_calls), 0
+
+    def forward(self, params, grads, loss, state, lr):
+        self.calls += 1
+        new, state, info = super().forward(params, grads, loss, state, lr)
+        return (new * float("nan") if self.calls in self.poison_calls else new), state, info
+
+
+def test_meta_training_on_quadratics_beats_the_untrained_initialisation(tmp_path):
+    datamodule = tiny_datamodule(train_tasks=[quadratic(50, dim=10)], epoch_length=100)
+    module = L2OModule(Opt2Vec(), outer_lr=3e-3)
+    untrained = copy.deepcopy(module.meta_optimizer)
+    tiny_trainer(tmp_path, max_steps=100).fit(module, datamodule)
+    held_out = [quadratic(50, dim=10).with_seed(s) for s in range(101, 109)]
+
+    def mean_log_loss(rule):
+        return torch.tensor([meta_test(rule, spec).final_loss for spec in held_out]).log10().mean()
+
+    assert mean_log_loss(module.meta_optimizer) < mean_log_loss(untrained) - 0.2
+
+
+def test_non_finite_segment_is_skipped_counted_and_the_task_restarted(tmp_path):
+    # Segments have 10 inner steps; call 15 is inside the second segment.
+    module = L2OModule(PoisonedOpt2Vec(poison_calls={15}))
+    trainer = tiny_trainer(tmp_path, max_steps=4)
+    trainer.fit(module, tiny_datamodule(train_tasks=[quadratic(60)]))
+    assert module.nonfinite_segments == 1
+    assert trainer.global_step == 4  # four successful outer updates; the poisoned segment was consumed without one
+    assert all(torch.isfinite(p).all() for p in module.meta_optimizer.parameters())
+    # Task horizon 60 = 6 segments; segment 1 was poisoned, so the restarted optimizee has trained segments 2-4.
+    assert module._inner.step == 30
+    assert trainer.callback_metrics["train/nonfinite_segments"] == 1
+
+
+def test_persistent_non_finite_losses_stop_with_a_clear_error(tmp_path):
+    module = L2OModule(PoisonedOpt2Vec(poison_calls=set(range(1, 10_000))), max_consecutive_nonfinite=3)
+    with pytest.raises(RuntimeError, match="3 segments in a row had a non-finite"):
+        tiny_trainer(tmp_path, max_steps=4).fit(module, tiny_datamodule())
+
+
+def test_backprop_windows_and_lookahead_train(tmp_path):
+    module = L2OModule(Opt2Vec(), meta_loss="lookahead", backprop_window=1)
+    start = [p.detach().clone() for p in module.meta_optimizer.parameters()]
+    tiny_trainer(tmp_path, max_steps=3).fit(module, tiny_datamodule())
+    assert any(not torch.equal(a, b) for a, b in zip(start, module.meta_optimizer.parameters()))
+
+
+def test_cosine_schedule_decays_the_outer_lr(tmp_path):
+    module = L2OModule(Opt2Vec(), outer_lr=1e-2, cosine_schedule=True)
+    trainer = tiny_trainer(tmp_path, max_steps=4)
+    trainer.fit(module, tiny_datamodule())
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [({"meta_loss": "sum"}, "meta_loss"), ({"backprop_window": 0}, "backprop_window"),
+     ({"outer_lr": -1.0}, "outer_lr"), ({"baselines": ["lion"]}, "baselines"), ({"lr_grid": []}, "lr_grid")],
+)
+def test_bad_values_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        L2OModule(Opt2Vec(), **kwargs)
+
+
+def test_incompatible_checkpoint_is_refused_clearly():
+    module = L2OModule(Opt2Vec(hidden_dim=8))
+    checkpoint = {}
+    L2OModule(Opt2Vec(hidden_dim=32)).on_save_checkpoint(checkpoint)
+    with pytest.raises(ConfigError, match="hidden_dim: checkpoint 32, config 8"):
+        module.on_load_checkpoint(checkpoint)
+    with pytest.raises(ConfigError, match="not written by lightning_l2o"):
+        module.on_load_checkpoint({"state_dict": {}})

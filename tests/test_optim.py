@@ -1,0 +1,158 @@
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from lightning_l2o import L2OModule, LearnedOptimizer, Opt2Vec, Opt2VecOptimizer, load_learned_optimizer
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.params import ParamLayout
+from tests.conftest import tiny_datamodule, tiny_trainer
+
+
+def _regression(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 10, generator=gen)
+    return x, x @ torch.randn(10, 1, generator=gen)
+
+
+def _trained_rule():
+    rule = Opt2Vec()
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.normal_(0, 0.3)
+    return rule
+
+
+def test_seed_readme_loop_trains_a_model_and_returns_embeddings():
+    model, (x, y) = nn.Linear(10, 1), _regression()
+    optimizer = Opt2VecOptimizer(model.parameters(), base_lr=0.01, embedding_dim=16, history_length=5)
+    first = nn.functional.mse_loss(model(x), y).item()
+    for _ in range(100):
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        embedding = optimizer.step(loss.item())
+        optimizer.zero_grad()
+    assert embedding.shape == (16,)
+    assert loss.item() < 0.1 * first
+    assert all(p.grad is None for p in model.parameters())
+    assert set(optimizer.last_info) == {"embedding", "lr_scale", "momentum", "lr"}
+
+
+def test_step_with_closure_returns_the_loss_and_needs_a_loss():
+    model, (x, y) = nn.Linear(10, 1), _regression()
+    optimizer = Opt2VecOptimizer(model.parameters())
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = optimizer.step(closure)
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0
+    with pytest.raises(ConfigError, match="needs the loss"):
+        optimizer.step()
+
+
+def test_param_groups_use_their_own_lr_on_all_parameters_at_once():
+    rule = _trained_rule()
+    a, b = nn.Parameter(torch.randn(3, 2)), nn.Parameter(torch.randn(4))
+    optimizer = LearnedOptimizer([{"params": [a]}, {"params": [b], "lr": 0.5}], rule, lr=0.01)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.5]
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    expected = []
+    for group in optimizer.param_groups:
+        flat = ParamLayout.flatten([p.detach() for p in group["params"]])
+        state = rule.init_state(flat, ParamLayout(("x",), (flat.shape,)))
+        with torch.no_grad():
+            expected.append(rule(flat, torch.ones_like(flat), torch.tensor(2.0), state, group["lr"])[0])
+    optimizer.step(2.0)
+    assert torch.allclose(a.detach().view(-1), expected[0]) and torch.allclose(b.detach(), expected[1])
+
+
+def test_state_dict_round_trip_continues_identically():
+    rule = _trained_rule()
+    (x, y) = _regression()
+    models = [nn.Linear(10, 1) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    first = LearnedOptimizer(models[0].parameters(), rule)
+
+    def train(model, optimizer, steps):
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            optimizer.step(loss.item())
+
+    train(models[0], first, 5)
+    models[1].load_state_dict(models[0].state_dict())
+    second = LearnedOptimizer(models[1].parameters(), _trained_rule())
+    second.update_rule.load_state_dict(rule.state_dict())
+    second.load_state_dict(first.state_dict())
+    assert torch.equal(second.state_dict()["state"][0]["rule_state"]["history"],
+                       first.state_dict()["state"][0]["rule_state"]["history"])
+    train(models[0], first, 5)
+    train(models[1], second, 5)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(p, q)
+
+
+def test_lr_scheduler_drives_the_group_lr():
+    model, (x, y) = nn.Linear(10, 1), _regression()
+    optimizer = Opt2VecOptimizer(model.parameters(), base_lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    lrs = []
+    for _ in range(3):
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step(loss.item())
+        optimizer.zero_grad()
+        lrs.append(float(optimizer.last_info["lr"] / optimizer.last_info["lr_scale"]))
+        scheduler.step()
+    assert lrs == pytest.approx([0.01, 0.005, 0.0025])
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self, ckpt_path=None):
+        super().__init__()
+        self.net, self.ckpt_path = nn.Linear(10, 1), ckpt_path
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        if self.ckpt_path:
+            return load_learned_optimizer(self.ckpt_path, self.parameters())
+        return Opt2VecOptimizer(self.parameters(), base_lr=0.01)
+
+
+def test_trained_optimizer_loads_from_a_fit_checkpoint_and_trains_a_lightning_module(tmp_path):
+    module = L2OModule(Opt2Vec())
+    trainer = tiny_trainer(tmp_path, max_steps=3)
+    trainer.fit(module, tiny_datamodule())
+    ckpt = tmp_path / "meta.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = load_learned_optimizer(ckpt, nn.Linear(2, 2).parameters())
+    for p, q in zip(loaded.update_rule.parameters(), module.meta_optimizer.parameters()):
+        assert torch.equal(p, q)
+
+    x, y = _regression()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    for ckpt_path in (None, ckpt):
+        regressor = Regressor(ckpt_path)
+        before = nn.functional.mse_loss(regressor.net(x), y).item()
+        pl.Trainer(max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False).fit(regressor, loader)
+        assert nn.functional.mse_loss(regressor.net(x), y).item() < 0.2 * before
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        load_learned_optimizer(tmp_path / "missing.ckpt", [nn.Parameter(torch.zeros(1))])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ConfigError, match="not written by lightning_l2o"):
+        load_learned_optimizer(foreign, [nn.Parameter(torch.zeros(1))])

@@ -1,0 +1,22 @@
+import torch
+
+from lightning_l2o.params import ParamLayout
+
+
+def test_flatten_unflatten_round_trip_and_segments():
+    tensors = {"w": torch.randn(3, 4), "b": torch.randn(4), "s": torch.randn(())}
+    layout = ParamLayout.from_tensors(tensors.items())
+    flat = ParamLayout.flatten(list(tensors.values()))
+    assert flat.shape == (layout.total,) == (17,)
+    views = layout.unflatten(flat)
+    for name, t in tensors.items():
+        assert torch.equal(views[name], t)
+    assert layout.segment_ids().tolist() == [0] * 12 + [1] * 4 + [2]
+
+
+def test_unflatten_is_differentiable():
+    layout = ParamLayout(("a", "b"), (torch.Size([2, 2]), torch.Size([3])))
+    flat = torch.randn(7, requires_grad=True)
+    views = layout.unflatten(flat)
+    (views["a"].sum() * 2 + views["b"].sum()).backward()
+    assert flat.grad.tolist() == [2.0] * 4 + [1.0] * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import pytorch_lightning as pl
@@ -21,7 +22,7 @@ class OptimizerTraces(MetaTestCallback):
     ``<stage>_traces/<key>/<family>`` indexed by inner step.
     """
 
-    def __init__(self, keys: list[str] = ["lr_scale", "momentum"]) -> None:
+    def __init__(self, keys: Sequence[str] = ("lr_scale", "momentum")) -> None:
         self.keys = list(keys)
 
     def on_meta_test_end(

@@ -41,8 +41,8 @@ class TaskDataModule(pl.LightningDataModule):
         unroll_length: int = 10,
         epoch_length: int = 100,
         seed: int = 0,
-        val_seeds: list[int] = [201, 202, 203],
-        test_seeds: list[int] = [101, 102, 103, 104, 105],
+        val_seeds: Sequence[int] = (201, 202, 203),
+        test_seeds: Sequence[int] = (101, 102, 103, 104, 105),
     ) -> None:
         super().__init__()
         if unroll_length < 1 or epoch_length < 1:
@@ -76,7 +76,7 @@ class TaskDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         dataset = SegmentDataset(self.train_tasks, self.seed, rank, self.heldout_seeds, self.unroll_length,
-                                 self.epoch_length, self.next_index)
+                                 self.epoch_length, self._stream_position)
         return DataLoader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
@@ -84,6 +84,9 @@ class TaskDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_specs(), batch_size=None, collate_fn=_identity)
+
+    def _stream_position(self) -> int:
+        return self.next_index
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, Segment) and self.trainer is not None and self.trainer.training:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import IterableDataset
@@ -39,24 +39,25 @@ def segment_stream(tasks: Iterator[TaskSpec], unroll_length: int) -> Iterator[Se
 
 
 class SegmentDataset(IterableDataset):
-    """One training epoch of segments, resuming inside the epoch at ``start_index``.
+    """One training epoch of segments, starting at the stream position ``position()`` read at each ``iter``.
 
-    Epoch ``e`` is segments ``[e * length, (e + 1) * length)``; iterating from ``start_index`` yields
-    the rest of the epoch that contains it.
+    Epoch ``e`` is segments ``[e * length, (e + 1) * length)``; iterating from a position inside an
+    epoch (after a resume) yields the rest of that epoch.
     """
 
     def __init__(
         self, templates: Sequence[TaskSpec], seed: int, rank: int, heldout_seeds: frozenset[int],
-        unroll_length: int, epoch_length: int, start_index: int,
+        unroll_length: int, epoch_length: int, position: Callable[[], int],
     ) -> None:
         self.templates, self.seed, self.rank, self.heldout_seeds = templates, seed, rank, heldout_seeds
-        self.unroll_length, self.epoch_length, self.start_index = unroll_length, epoch_length, start_index
+        self.unroll_length, self.epoch_length, self.position = unroll_length, epoch_length, position
 
     def __len__(self) -> int:
         return self.epoch_length
 
     def __iter__(self) -> Iterator[Segment]:
-        end = (self.start_index // self.epoch_length + 1) * self.epoch_length
+        start = self.position()
+        end = (start // self.epoch_length + 1) * self.epoch_length
         segments = segment_stream(task_stream(self.templates, self.seed, self.rank, self.heldout_seeds),
                                   self.unroll_length)
-        return itertools.islice(segments, self.start_index, end)
+        return itertools.islice(segments, start, end)

@@ -15,6 +15,7 @@ from lightning_l2o.module import L2OModule
 def main(args: list[str] | None = None) -> LightningCLI | None:
     """Run the CLI; a :class:`ConfigError` is printed as one line and exits with status 2."""
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset` has `__len__` defined.*")
     try:
         return LightningCLI(
             L2OModule,
@@ -24,6 +25,20 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = _config_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _config_error(err: BaseException | None) -> ConfigError | None:
+    """The :class:`ConfigError` that caused ``err`` (jsonargparse wraps errors raised while instantiating)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConfigError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -59,8 +60,8 @@ class L2OModule(pl.LightningModule):
         weight_decay: float = 0.0,
         gradient_clip_val: float | None = 1.0,
         cosine_schedule: bool = False,
-        baselines: list[str] = ["adam", "sgd_momentum"],
-        lr_grid: list[float] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+        baselines: Sequence[str] = ("adam", "sgd_momentum"),
+        lr_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         max_consecutive_nonfinite: int = 50,
     ) -> None:
         super().__init__()
@@ -161,7 +162,6 @@ class L2OModule(pl.LightningModule):
                 f"model.gradient_clip_val"
             )
         self._inner = InnerState.start(spec, self.meta_optimizer)
-        return None
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

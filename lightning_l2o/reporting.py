@@ -12,11 +12,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
 
-from lightning_l2o.evaluation import Trajectory, summarize  # noqa: E402
+from lightning_l2o.evaluation import Trajectory, summarize
 
 
 def result_rows(trajectories: Iterable[Trajectory]) -> list[dict[str, Any]]:

@@ -19,23 +19,23 @@ def quadratic(horizon: int = 20, dim: int = 5) -> TaskSpec:
 
 
 def tiny_datamodule(**kwargs) -> TaskDataModule:
-    defaults = dict(
-        train_tasks=[quadratic(25), TaskSpec("regression", arch={"inputs": 4}, batch_size=16, horizon=25)],
-        val_tasks=[quadratic(15)],
-        test_tasks=[quadratic(15), quadratic(15, dim=7)],
-        unroll_length=10,
-        epoch_length=5,
-        val_seeds=[201],
-        test_seeds=[101, 102],
-    )
+    defaults = {
+        "train_tasks": [quadratic(25), TaskSpec("regression", arch={"inputs": 4}, batch_size=16, horizon=25)],
+        "val_tasks": [quadratic(15)],
+        "test_tasks": [quadratic(15), quadratic(15, dim=7)],
+        "unroll_length": 10,
+        "epoch_length": 5,
+        "val_seeds": [201],
+        "test_seeds": [101, 102],
+    }
     return TaskDataModule(**{**defaults, **kwargs})
 
 
 def tiny_trainer(root: Path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu", max_steps=6, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
-    )
+    defaults = {
+        "accelerator": "cpu", "max_steps": 6, "limit_val_batches": 0, "num_sanity_val_steps": 0, "logger": False,
+        "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": root,
+    }
     return pl.Trainer(**{**defaults, **kwargs})
 
 

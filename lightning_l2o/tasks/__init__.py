@@ -32,4 +32,4 @@ def build_task(spec: TaskSpec) -> Task:
     return cls(spec, **spec.arch)
 
 
-__all__ = ["Batch", "ModuleTask", "Segment", "Task", "TaskSpec", "TASK_FAMILIES", "build_task"]
+__all__ = ["TASK_FAMILIES", "Batch", "ModuleTask", "Segment", "Task", "TaskSpec", "build_task"]

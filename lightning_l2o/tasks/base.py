@@ -79,7 +79,7 @@ class ModuleTask(Task):
         tensors = []
         for name, param in self.module.named_parameters():
             owner = self.module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self.module
-            weight = getattr(owner, "weight")
+            weight = owner.weight
             fan_in = weight[0].numel()
             bound = 1.0 / math.sqrt(fan_in)
             tensors.append((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -66,7 +67,7 @@ class MLPTask(ClassifierTask):
             raise ConfigError(f"mlp: arch.hidden widths must be >= 1, got {list(hidden)}")
         widths = [int(torch.tensor(data.input_shape).prod()), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for w_in, w_out in zip(widths[:-1], widths[1:]):
+        for w_in, w_out in itertools.pairwise(widths):
             layers += [nn.Linear(w_in, w_out), nn.ReLU()]
         layers.append(nn.Linear(widths[-1], data.num_classes))
         super().__init__(spec, nn.Sequential(*layers), data)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ def _load_digits() -> ImageDataset:
 DATASETS: dict[str, Callable[[], ImageDataset]] = {"digits": _load_digits}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_dataset(name: str) -> ImageDataset:
     """Load (once per process) the dataset called ``name``."""
     if name not in DATASETS:

@@ -1,0 +1,98 @@
+"""The command line: every shipped YAML runs, bad configs are reported by key, and fit resumes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from lightning_l2o import L2OModule, Opt2Vec
+from lightning_l2o.cli import main
+from tests.conftest import REPO, tiny_datamodule, tiny_trainer
+
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+FAST = ["--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false"]
+
+
+def _run(tmp_path: Path, *args: str) -> None:
+    main([*args, f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_fits_validates_and_tests_through_the_cli(tmp_path, config):
+    _run(tmp_path, "fit", f"--config={config}", *FAST)
+    last = next(tmp_path.rglob("last.ckpt"))
+    _run(tmp_path, "validate", f"--config={config}", f"--ckpt_path={last}", "--trainer.limit_val_batches=1")
+    _run(tmp_path, "test", f"--config={config}", f"--ckpt_path={last}", "--trainer.limit_test_batches=2")
+    results = sorted(tmp_path.rglob("test_step*_results.csv"))
+    assert results, "test wrote no results table"
+    assert "sgd_momentum" in results[-1].read_text() and "adam" in results[-1].read_text()
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--config={REPO / 'configs/opt2vec.yaml'}", "--print_config"])
+    assert exit_info.value.code == 0
+    assert "history_length: 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--model.init_args.meta_optimizer.init_args.histroy_length=3", "histroy_length"),
+        ("--model.init_args.outer_lr=fast", "outer_lr"),
+        ("--model.init_args.meta_optimizer.init_args.history_length=0", "history_length must be > 0"),
+        ("--data.init_args.unroll_length=0", "unroll_length"),
+    ],
+)
+def test_bad_config_values_are_reported_by_key_without_a_traceback(tmp_path, capsys, override, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(tmp_path, "fit", f"--config={REPO / 'configs/opt2vec.yaml'}", override)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+class CrashAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def _fit(root: Path, max_steps: int, ckpt_path: str | None = None, crash_at: int | None = None) -> L2OModule:
+    pl.seed_everything(0, verbose=False)
+    module = L2OModule(Opt2Vec(), outer_lr=1e-2, cosine_schedule=True)
+    callbacks = [ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=4, save_top_k=0)]
+    callbacks += [CrashAt(crash_at)] if crash_at is not None else []
+    trainer = tiny_trainer(root, max_steps=max_steps, enable_checkpointing=True, callbacks=callbacks)
+    trainer.fit(module, tiny_datamodule(), ckpt_path=ckpt_path)
+    return module
+
+
+def test_fit_killed_mid_run_resumes_to_the_same_meta_parameters(tmp_path):
+    """Horizon 25 / unroll 10 / epoch 5: last.ckpt (step 4) lies mid-epoch and mid-task (second segment of
+    the second task), so the resume must restore the stream position and the carried inner state."""
+    straight = _fit(tmp_path / "a", max_steps=12)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(tmp_path / "b", max_steps=12, crash_at=7)
+    assert torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = _fit(tmp_path / "b", max_steps=12, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    for p, q in zip(straight.meta_optimizer.parameters(), resumed.meta_optimizer.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert not all(torch.equal(p, q) for p, q in zip(Opt2Vec().parameters(), resumed.meta_optimizer.parameters()))
+
+
+def test_cli_fit_resumes_from_the_last_checkpoint(tmp_path):
+    config = f"--config={REPO / 'configs/opt2vec.yaml'}"
+    _run(tmp_path, "fit", config, *FAST)
+    last = next(tmp_path.rglob("last.ckpt"))
+    _run(tmp_path, "fit", config, *FAST[1:], "--trainer.max_steps=6", f"--ckpt_path={last}")
+    steps = [torch.load(p, weights_only=True)["global_step"] for p in tmp_path.rglob("last*.ckpt")]
+    assert max(steps) == 6

@@ -16,6 +16,8 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     """Run the CLI; a :class:`ConfigError` is printed as one line and exits with status 2."""
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset` has `__len__` defined.*")
+    # Checkpoints hold the state after each outer step, which is what resuming needs.
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     try:
         return LightningCLI(
             L2OModule,

@@ -39,6 +39,7 @@ class L2OModule(pl.LightningModule):
         meta_optimizer: the learned update rule to meta-train.
         meta_loss: ``train`` (mean training loss over the unroll) or ``lookahead`` (loss right after each update).
         lookahead_batch: for ``lookahead``, evaluate on a ``fresh`` batch or the ``same`` batch.
+        log_meta_loss: average log losses, so task families whose losses differ in scale weigh alike.
         backprop_window: backpropagate through at most this many inner steps at a time (``null``: the whole
             segment). Gradients of all windows of a segment are summed into one outer update.
         outer_lr: learning rate of the outer Adam.
@@ -55,6 +56,7 @@ class L2OModule(pl.LightningModule):
         meta_optimizer: MetaOptimizer,
         meta_loss: MetaLoss = "train",
         lookahead_batch: LookaheadBatch = "fresh",
+        log_meta_loss: bool = False,
         backprop_window: int | None = None,
         outer_lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -110,7 +112,8 @@ class L2OModule(pl.LightningModule):
         lengths = [min(window, segment.length - s) for s in range(0, segment.length, window)]
         meta_losses, inner_losses, infos = [], [], []
         for length in lengths:
-            result = unroll(self.meta_optimizer, state, length, self.hparams.meta_loss, self.hparams.lookahead_batch)
+            result = unroll(self.meta_optimizer, state, length, self.hparams.meta_loss, self.hparams.lookahead_batch,
+                            self.hparams.log_meta_loss)
             if not torch.isfinite(result.meta_loss) or not result.state.is_finite():
                 return self._skip_nonfinite(optimizer, segment.task)
             self.manual_backward(result.meta_loss / len(lengths))

@@ -100,6 +100,7 @@ def unroll(
     num_steps: int,
     meta_loss: MetaLoss = "train",
     lookahead_batch: LookaheadBatch = "fresh",
+    log_loss: bool = False,
 ) -> UnrollResult:
     """Run ``num_steps`` differentiable inner steps from ``state`` and return the meta-loss.
 
@@ -108,6 +109,8 @@ def unroll(
           next inner step trains on (the last one on one more batch); the classic unrolled objective.
         - ``"lookahead"``: mean over steps of the loss right after each update on a ``fresh`` batch or on
           the ``same`` batch the update was computed from (one-step lookahead).
+
+    ``log_loss`` averages ``log(loss)`` instead, so that tasks whose losses differ in scale weigh alike.
 
     Gradients are taken with ``create_graph=True`` only when ``num_steps > 1``: a single step starts from
     detached parameters, so its gradient has no dependence on the meta-parameters.
@@ -130,4 +133,6 @@ def unroll(
     scalar_info = {
         k: torch.stack([i[k].detach() for i in infos]).mean() for k, v in infos[0].items() if v.dim() == 0
     }
-    return UnrollResult(torch.stack(terms).mean(), state, torch.stack(inner_losses), scalar_info)
+    terms = torch.stack(terms)
+    meta = (terms.clamp_min(1e-12).log() if log_loss else terms).mean()
+    return UnrollResult(meta, state, torch.stack(inner_losses), scalar_info)

@@ -40,9 +40,11 @@ class Trajectory:
 
 
 def meta_test(
-    update_rule: MetaOptimizer, spec: TaskSpec, lr: float | None = None, method: str | None = None
+    update_rule: MetaOptimizer, spec: TaskSpec, lr: float | None = None, method: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> Trajectory:
-    """Train a fresh optimizee of ``spec`` for ``spec.horizon`` steps with ``update_rule`` (no meta-gradient).
+    """Train a fresh optimizee of ``spec`` on ``device`` for ``spec.horizon`` steps with ``update_rule``
+    (no meta-gradient).
 
     A run whose loss becomes non-finite or grows ``DIVERGENCE_FACTOR`` times above its start stops there
     and is marked ``diverged``; nothing raises.
@@ -50,7 +52,7 @@ def meta_test(
     lr = update_rule.lr if lr is None else lr
     losses, infos = [], defaultdict(list)
     with torch.inference_mode(False), torch.enable_grad():
-        state = InnerState.start(spec, update_rule)
+        state = InnerState.start(spec, update_rule, device)
         diverged = False
         for _ in range(spec.horizon):
             state, loss, _, info = inner_step(update_rule, state, lr, create_graph=False, track_update=False)
@@ -66,7 +68,7 @@ def meta_test(
     diverged = diverged or not math.isfinite(final["train_loss"])
     return Trajectory(
         spec, method or update_rule.name, float(lr), torch.tensor(losses), final, diverged,
-        {k: torch.stack(v) for k, v in infos.items()},
+        {k: torch.stack(v).cpu() for k, v in infos.items()},
     )
 
 
@@ -75,11 +77,11 @@ def _nan_metrics() -> dict[str, float]:
 
 
 def grid_search(
-    baselines: Sequence[str], lr_grid: Sequence[float], specs: Iterable[TaskSpec]
+    baselines: Sequence[str], lr_grid: Sequence[float], specs: Iterable[TaskSpec], device: torch.device | str = "cpu"
 ) -> dict[tuple[str, float, str], Trajectory]:
     """Run every baseline at every lr on every spec: ``{(baseline, lr, spec.name): trajectory}``."""
     return {
-        (name, lr, spec.name): meta_test(build_baseline(name, lr), spec, method=name)
+        (name, lr, spec.name): meta_test(build_baseline(name, lr), spec, method=name, device=device)
         for spec in specs
         for name in baselines
         for lr in lr_grid

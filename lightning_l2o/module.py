@@ -148,9 +148,9 @@ class L2OModule(pl.LightningModule):
         key = (spec.index, spec.seed)
         restored, self._restored_inner = self._restored_inner, None
         if restored is not None and (restored["spec"]["index"], restored["spec"]["seed"]) == key:
-            self._inner = InnerState.from_state_dict(restored)
+            self._inner = InnerState.from_state_dict(restored, self.device)
         if self._inner is None or (self._inner.task.spec.index, self._inner.task.spec.seed) != key:
-            self._inner = InnerState.start(spec, self.meta_optimizer)
+            self._inner = InnerState.start(spec, self.meta_optimizer, self.device)
         return self._inner
 
     def _skip_nonfinite(self, optimizer: Any, spec: TaskSpec) -> None:
@@ -164,7 +164,7 @@ class L2OModule(pl.LightningModule):
                 f"(last task {spec.name}); lower model.outer_lr or the meta-optimizer's lr, or set "
                 f"model.gradient_clip_val"
             )
-        self._inner = InnerState.start(spec, self.meta_optimizer)
+        self._inner = InnerState.start(spec, self.meta_optimizer, self.device)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -188,9 +188,9 @@ class L2OModule(pl.LightningModule):
         self.meta_test_trajectories = []
 
     def validation_step(self, spec: TaskSpec, batch_idx: int) -> None:
-        self.meta_test_trajectories.append(meta_test(self.meta_optimizer, spec))
+        self.meta_test_trajectories.append(meta_test(self.meta_optimizer, spec, device=self.device))
         if not any(key[2] == spec.name for key in self._val_grid):
-            self._val_grid.update(grid_search(self.hparams.baselines, self.hparams.lr_grid, [spec]))
+            self._val_grid.update(grid_search(self.hparams.baselines, self.hparams.lr_grid, [spec], self.device))
 
     def on_validation_epoch_end(self) -> None:
         names = {t.spec.name for t in self.meta_test_trajectories}
@@ -206,16 +206,18 @@ class L2OModule(pl.LightningModule):
         if datamodule is None or not hasattr(datamodule, "val_specs"):
             raise ConfigError("test needs a TaskDataModule (data: class_path: datamodules.TaskDataModule): "
                               "baselines' learning rates are tuned on its validation tasks")
-        self._tuned_lrs = best_lrs(grid_search(self.hparams.baselines, self.hparams.lr_grid, datamodule.val_specs()))
+        self._tuned_lrs = best_lrs(
+            grid_search(self.hparams.baselines, self.hparams.lr_grid, datamodule.val_specs(), self.device)
+        )
 
     def on_test_epoch_start(self) -> None:
         self.meta_test_trajectories = []
 
     def test_step(self, spec: TaskSpec, batch_idx: int) -> None:
-        self.meta_test_trajectories.append(meta_test(self.meta_optimizer, spec))
+        self.meta_test_trajectories.append(meta_test(self.meta_optimizer, spec, device=self.device))
         for name in self.hparams.baselines:
             lr = self._tuned_lrs[(name, spec.family)]
-            self.meta_test_trajectories.append(meta_test(build_baseline(name, lr), spec))
+            self.meta_test_trajectories.append(meta_test(build_baseline(name, lr), spec, device=self.device))
 
     def on_test_epoch_end(self) -> None:
         for traj in self.meta_test_trajectories:

@@ -27,9 +27,9 @@ class InnerState:
     generator: torch.Generator
 
     @classmethod
-    def start(cls, spec: TaskSpec, update_rule: MetaOptimizer, task: Task | None = None) -> InnerState:
-        """A freshly initialised optimizee of ``spec`` (``task`` reuses an already built one)."""
-        task = task or build_task(spec)
+    def start(cls, spec: TaskSpec, update_rule: MetaOptimizer, device: torch.device | str = "cpu") -> InnerState:
+        """A freshly initialised optimizee of ``spec`` on ``device``."""
+        task = build_task(spec).to(device)
         generator = task.generator()
         params = task.init_params(generator)
         return cls(task, params, update_rule.init_state(params, task.layout), 0, generator)
@@ -57,11 +57,12 @@ class InnerState:
         }
 
     @classmethod
-    def from_state_dict(cls, data: dict[str, Any]) -> InnerState:
-        task = build_task(TaskSpec.from_dict(data["spec"]))
+    def from_state_dict(cls, data: dict[str, Any], device: torch.device | str = "cpu") -> InnerState:
+        task = build_task(TaskSpec.from_dict(data["spec"])).to(device)
         generator = torch.Generator()
         generator.set_state(data["generator"])
-        return cls(task, data["params"], dict(data["opt_state"]), data["step"], generator)
+        opt_state = {k: v.to(device) for k, v in data["opt_state"].items()}
+        return cls(task, data["params"].to(device), opt_state, data["step"], generator)
 
 
 def inner_step(

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_l2o.params import ParamLayout
+from lightning_l2o.tasks.datasets import ImageDataset
 from lightning_l2o.tasks.spec import TaskSpec
 
 Batch = tuple[Tensor, ...]
@@ -28,6 +29,15 @@ class Task(ABC):
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> Task:
+        """Move the task's tensors, modules and datasets to ``device`` (generators stay on the CPU)."""
+        self.device = torch.device(device)
+        for name, value in list(vars(self).items()):
+            if isinstance(value, (Tensor, nn.Module, ImageDataset)):
+                setattr(self, name, value.to(self.device))
+        return self
 
     @property
     @abstractmethod
@@ -83,4 +93,4 @@ class ModuleTask(Task):
             fan_in = weight[0].numel()
             bound = 1.0 / math.sqrt(fan_in)
             tensors.append((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
-        return ParamLayout.flatten(tensors)
+        return ParamLayout.flatten(tensors).to(self.device)

@@ -29,6 +29,21 @@ class ImageDataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    def to(self, device: torch.device) -> ImageDataset:
+        """This dataset on ``device``; one copy per device is kept, shared by all tasks."""
+        if self.x_train.device == device:
+            return self
+        key = (id(self), str(device))
+        if key not in _DEVICE_COPIES:
+            _DEVICE_COPIES[key] = ImageDataset(
+                self.x_train.to(device), self.y_train.to(device), self.x_test.to(device), self.y_test.to(device),
+                self.num_classes,
+            )
+        return _DEVICE_COPIES[key]
+
+
+_DEVICE_COPIES: dict[tuple[int, str], ImageDataset] = {}
+
 
 def _load_digits() -> ImageDataset:
     from sklearn.datasets import load_digits

@@ -36,7 +36,7 @@ class QuadraticTask(Task):
         return self._layout
 
     def init_params(self, generator: torch.Generator) -> Tensor:
-        return torch.randn(self._layout.total, generator=generator) / math.sqrt(self._layout.total)
+        return (torch.randn(self._layout.total, generator=generator) / math.sqrt(self._layout.total)).to(self.device)
 
     def sample_batch(self, generator: torch.Generator) -> Batch:
         return ()

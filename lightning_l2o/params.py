@@ -2,7 +2,7 @@
 
 Keeping all parameters in one flat vector lets every update rule act on all of them with one call
 (the inner loop's hot path), while :class:`ParamLayout` recovers the named, shaped views that
-``torch.func.functional_call`` needs and the tensor boundaries that structured optimizers use.
+``torch.func.functional_call`` needs.
 """
 
 from __future__ import annotations
@@ -45,8 +45,3 @@ class ParamLayout:
     def flatten(tensors: Sequence[Tensor]) -> Tensor:
         """Tensors of any shapes -> one flat ``(total,)`` vector."""
         return torch.cat([t.reshape(-1) for t in tensors])
-
-    def segment_ids(self, device: torch.device | None = None) -> Tensor:
-        """``(total,)`` long tensor: index of the tensor each flat element belongs to."""
-        counts = torch.tensor(self.numels, device=device)
-        return torch.repeat_interleave(torch.arange(len(self.numels), device=device), counts)

@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from datamodules.task_stream import SegmentDataset
+from datamodules.task_stream import RandomHorizon, SegmentDataset
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.tasks import Segment, TaskSpec, build_task
 
@@ -26,11 +26,16 @@ class TaskDataModule(pl.LightningDataModule):
         train_tasks: task templates to meta-train on (their ``seed`` is ignored).
         val_tasks: templates of validation tasks (baselines' learning rates are tuned on them).
         test_tasks: templates of meta-test tasks; every family must also appear in ``val_tasks``.
-        unroll_length: inner steps K per outer step (a truncation of the task's horizon).
+        unroll_length: inner steps K per outer step (a truncation of the task's horizon); ``null``: the whole
+            horizon in one outer step.
         epoch_length: outer steps per training epoch.
         seed: base seed of the training stream.
         val_seeds: seeds of validation tasks.
         test_seeds: seeds of test tasks.
+        random_horizon_after: from this outer step on, each training task's horizon T is drawn uniformly
+            from ``[random_horizon_min * T, random_horizon_max * T]`` (``null``: fixed horizons).
+        random_horizon_min: lower factor of the random horizon.
+        random_horizon_max: upper factor of the random horizon.
     """
 
     def __init__(
@@ -38,17 +43,27 @@ class TaskDataModule(pl.LightningDataModule):
         train_tasks: list[TaskSpec],
         val_tasks: list[TaskSpec],
         test_tasks: list[TaskSpec],
-        unroll_length: int = 10,
+        unroll_length: int | None = 10,
         epoch_length: int = 100,
         seed: int = 0,
         val_seeds: Sequence[int] = (201, 202, 203),
         test_seeds: Sequence[int] = (101, 102, 103, 104, 105),
+        random_horizon_after: int | None = None,
+        random_horizon_min: float = 0.75,
+        random_horizon_max: float = 2.5,
     ) -> None:
         super().__init__()
-        if unroll_length < 1 or epoch_length < 1:
-            raise ConfigError(f"unroll_length and epoch_length must be >= 1, got {unroll_length}, {epoch_length}")
+        if (unroll_length is not None and unroll_length < 1) or epoch_length < 1:
+            raise ConfigError(f"unroll_length must be >= 1 or null and epoch_length >= 1, got {unroll_length}, "
+                              f"{epoch_length}")
         for key, templates in (("train_tasks", train_tasks), ("val_tasks", val_tasks), ("test_tasks", test_tasks)):
             _check_templates(key, templates)
+        if random_horizon_after is not None and (random_horizon_after < 0 or
+                                                 not 0 < random_horizon_min <= random_horizon_max):
+            raise ConfigError(f"random_horizon_after must be >= 0 and 0 < random_horizon_min <= random_horizon_max; "
+                              f"got {random_horizon_after}, {random_horizon_min}, {random_horizon_max}")
+        self.random_horizon = (None if random_horizon_after is None else
+                               RandomHorizon(random_horizon_after, random_horizon_min, random_horizon_max))
         shared = sorted(set(val_seeds) & set(test_seeds))
         if shared:
             raise ConfigError(f"val_seeds and test_seeds must be disjoint; both contain {shared}")
@@ -76,7 +91,7 @@ class TaskDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         dataset = SegmentDataset(self.train_tasks, self.seed, rank, self.heldout_seeds, self.unroll_length,
-                                 self.epoch_length, self._stream_position)
+                                 self.epoch_length, self._stream_position, self.random_horizon)
         return DataLoader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch.utils.data import IterableDataset
@@ -29,12 +31,43 @@ def task_stream(
         yield template.with_seed(task_seed, index=counter)
 
 
-def segment_stream(tasks: Iterator[TaskSpec], unroll_length: int) -> Iterator[Segment]:
-    """Cut each task's horizon into segments of ``unroll_length`` inner steps (the last may be shorter)."""
+@dataclass(frozen=True)
+class RandomHorizon:
+    """From outer step ``after`` on, each new task's horizon T is drawn uniformly from ``[low T, high T]``.
+
+    The draw depends only on the task's seed and stream index, so a resumed stream draws the same horizons.
+    """
+
+    after: int
+    low: float = 0.75
+    high: float = 2.5
+
+    def bounds(self, horizon: int) -> tuple[int, int]:
+        """Smallest and largest horizon drawn for a template horizon ``horizon`` (both inclusive)."""
+        lo = max(1, math.ceil(self.low * horizon))
+        return lo, max(lo, math.floor(self.high * horizon))
+
+    def apply(self, spec: TaskSpec, segment_index: int) -> TaskSpec:
+        """``spec`` with a random horizon if its first segment is at or after ``after``."""
+        if segment_index < self.after:
+            return spec
+        lo, hi = self.bounds(spec.horizon)
+        rng = np.random.default_rng([spec.seed, spec.index, 1])
+        return replace(spec, horizon=int(rng.integers(lo, hi + 1)))
+
+
+def segment_stream(
+    tasks: Iterator[TaskSpec], unroll_length: int | None, random_horizon: RandomHorizon | None = None
+) -> Iterator[Segment]:
+    """Cut each task's horizon into segments of ``unroll_length`` inner steps (the last may be shorter);
+    ``None``: one segment per task. ``random_horizon`` redraws horizons once training is far enough."""
     index = 0
     for spec in tasks:
-        for start in range(0, spec.horizon, unroll_length):
-            yield Segment(index, spec, start, min(unroll_length, spec.horizon - start))
+        if random_horizon is not None:
+            spec = random_horizon.apply(spec, index)
+        length = unroll_length or spec.horizon
+        for start in range(0, spec.horizon, length):
+            yield Segment(index, spec, start, min(length, spec.horizon - start))
             index += 1
 
 
@@ -47,10 +80,12 @@ class SegmentDataset(IterableDataset):
 
     def __init__(
         self, templates: Sequence[TaskSpec], seed: int, rank: int, heldout_seeds: frozenset[int],
-        unroll_length: int, epoch_length: int, position: Callable[[], int],
+        unroll_length: int | None, epoch_length: int, position: Callable[[], int],
+        random_horizon: RandomHorizon | None = None,
     ) -> None:
         self.templates, self.seed, self.rank, self.heldout_seeds = templates, seed, rank, heldout_seeds
         self.unroll_length, self.epoch_length, self.position = unroll_length, epoch_length, position
+        self.random_horizon = random_horizon
 
     def __len__(self) -> int:
         return self.epoch_length
@@ -59,5 +94,5 @@ class SegmentDataset(IterableDataset):
         start = self.position()
         end = (start // self.epoch_length + 1) * self.epoch_length
         segments = segment_stream(task_stream(self.templates, self.seed, self.rank, self.heldout_seeds),
-                                  self.unroll_length)
+                                  self.unroll_length, self.random_horizon)
         return itertools.islice(segments, start, end)

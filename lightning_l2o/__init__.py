@@ -1,10 +1,17 @@
 """lightning-l2o: learned optimizers meta-trained and meta-tested with PyTorch Lightning."""
 
-from lightning_l2o.meta_optimizers import Adam, MetaOptimizer, Opt2Vec, SGDMomentum
+from lightning_l2o.meta_optimizers import (
+    Adam,
+    FFMetaOptimizer,
+    LSTMMetaOptimizer,
+    MetaOptimizer,
+    Opt2Vec,
+    SGDMomentum,
+)
 from lightning_l2o.module import L2OModule
 from lightning_l2o.optim import LearnedOptimizer, Opt2VecOptimizer, load_learned_optimizer, load_meta_optimizer
 
 __all__ = [
-    "Adam", "L2OModule", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "SGDMomentum",
+    "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "SGDMomentum",
     "load_learned_optimizer", "load_meta_optimizer",
 ]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 from pytorch_lightning.cli import LightningCLI
 
 from datamodules import TaskDataModule
-from lightning_l2o.errors import ConfigError
+from lightning_l2o.errors import config_errors_exit
 from lightning_l2o.module import L2OModule
 
 
@@ -18,7 +17,7 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     warnings.filterwarnings("ignore", message=".*IterableDataset` has `__len__` defined.*")
     # Checkpoints hold the state after each outer step, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-    try:
+    with config_errors_exit():
         return LightningCLI(
             L2OModule,
             TaskDataModule,
@@ -27,20 +26,3 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except Exception as err:
-        cause = _config_error(err)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _config_error(err: BaseException | None) -> ConfigError | None:
-    """The :class:`ConfigError` that caused ``err`` (jsonargparse wraps errors raised while instantiating)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, ConfigError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None

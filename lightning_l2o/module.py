@@ -46,7 +46,7 @@ class L2OModule(pl.LightningModule):
         weight_decay: Adam weight decay on the meta-parameters.
         gradient_clip_val: clip the meta-gradient's norm to this value (``null``: no clipping).
         cosine_schedule: decay ``outer_lr`` to zero over ``trainer.max_steps`` with a cosine.
-        baselines: hand-designed optimizers to compare with (``adam``, ``sgd_momentum``).
+        baselines: hand-designed optimizers to compare with (``adam``, ``adamw``, ``sgd_momentum``).
         lr_grid: learning rates tried for each baseline.
         max_consecutive_nonfinite: stop with an error after this many skipped segments in a row.
     """
@@ -62,7 +62,7 @@ class L2OModule(pl.LightningModule):
         weight_decay: float = 0.0,
         gradient_clip_val: float | None = 1.0,
         cosine_schedule: bool = False,
-        baselines: Sequence[str] = ("adam", "sgd_momentum"),
+        baselines: Sequence[str] = ("adam", "adamw", "sgd_momentum"),
         lr_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         max_consecutive_nonfinite: int = 50,
     ) -> None:

@@ -36,6 +36,11 @@ class ParamLayout:
         """Length of the flat vector."""
         return sum(self.numels)
 
+    def segment_ids(self, device: torch.device | str = "cpu") -> Tensor:
+        """``(total,)`` long tensor: for each flat entry, the index of the tensor it belongs to."""
+        counts = torch.tensor(self.numels, device=device)
+        return torch.repeat_interleave(torch.arange(len(self.numels), device=device), counts)
+
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Flat ``(total,)`` vector -> ``{name: view of its shape}`` (differentiable, no copy)."""
         chunks = flat.split(self.numels)

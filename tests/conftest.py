@@ -42,3 +42,34 @@ def tiny_trainer(root: Path, **kwargs) -> pl.Trainer:
 @pytest.fixture(autouse=True)
 def _seed():
     pl.seed_everything(0, verbose=False)
+
+
+requires_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "FashionMNIST" / "raw").is_dir() or not (SHARED_DATA / "MNIST" / "raw").is_dir(),
+    reason=f"real FashionMNIST / MNIST files are not in {SHARED_DATA} (../shared/data beside the checkout)",
+)
+
+
+def write_fake_cifar10(root: Path, per_batch: int = 20, num_test: int = 30, seed: int = 0) -> Path:
+    """Small CIFAR-10 files in its python pickle layout under ``root/cifar-10-batches-py``; returns ``root``."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = num_test if name == "test_batch" else per_batch
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+        with (folder / name).open("wb") as f:
+            pickle.dump(batch, f)
+    with (folder / "batches.meta").open("wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_cifar10(tmp_path_factory) -> Path:
+    return write_fake_cifar10(tmp_path_factory.mktemp("cifar"))

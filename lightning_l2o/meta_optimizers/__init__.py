@@ -4,12 +4,15 @@ from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State
 from lightning_l2o.meta_optimizers.baselines import (
     BASELINES,
     Adam,
+    AdamW,
     SGDMomentum,
     build_baseline,
 )
+from lightning_l2o.meta_optimizers.ff import FFMetaOptimizer
+from lightning_l2o.meta_optimizers.lstm import LSTMMetaOptimizer
 from lightning_l2o.meta_optimizers.opt2vec import Opt2Vec, TinyOpt2VecNetwork
 
 __all__ = [
-    "BASELINES", "Adam", "Info", "MetaOptimizer", "Opt2Vec", "SGDMomentum", "State", "TinyOpt2VecNetwork",
+    "BASELINES", "Adam", "AdamW", "FFMetaOptimizer", "Info", "LSTMMetaOptimizer", "MetaOptimizer", "Opt2Vec", "SGDMomentum", "State", "TinyOpt2VecNetwork",
     "build_baseline",
 ]

@@ -36,13 +36,18 @@ class SGDMomentum(MetaOptimizer):
 
 
 class Adam(MetaOptimizer):
-    """Adam (Kingma & Ba, 2015) with bias correction, as ``torch.optim.Adam``."""
+    """Adam (Kingma & Ba, 2015) with bias correction, as ``torch.optim.Adam``; ``weight_decay`` is decoupled
+    (``theta <- theta (1 - lr wd)`` before the Adam step, as ``torch.optim.AdamW``)."""
 
-    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
-        check_positive("Adam", lr=lr, eps=eps)
-        check_fraction("Adam", beta1=beta1, beta2=beta2)
-        super().__init__(lr=lr, beta1=beta1, beta2=beta2, eps=eps)
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+    def __init__(
+        self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0
+    ) -> None:
+        check_positive(type(self).__name__, lr=lr, eps=eps)
+        check_fraction(type(self).__name__, beta1=beta1, beta2=beta2)
+        if weight_decay < 0:
+            raise ConfigError(f"{type(self).__name__}: weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+        self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, beta1, beta2, eps, weight_decay
 
     def init_state(self, params: Tensor, layout: ParamLayout) -> State:
         zeros = params.new_zeros(params.shape)
@@ -54,11 +59,21 @@ class Adam(MetaOptimizer):
         v = self.beta2 * state["exp_avg_sq"] + (1 - self.beta2) * grads.square()
         m_hat = m / (1 - self.beta1**step)
         v_hat = v / (1 - self.beta2**step)
-        new_params = params - lr * m_hat / (v_hat.sqrt() + self.eps)
+        decayed = params * (1 - lr * self.weight_decay) if self.weight_decay else params
+        new_params = decayed - lr * m_hat / (v_hat.sqrt() + self.eps)
         return new_params, {"exp_avg": m, "exp_avg_sq": v, "step": step}, {}
 
 
-BASELINES: dict[str, type[MetaOptimizer]] = {"adam": Adam, "sgd_momentum": SGDMomentum}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW`` (default wd 0.01)."""
+
+    def __init__(
+        self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01
+    ) -> None:
+        super().__init__(lr, beta1, beta2, eps, weight_decay)
+
+
+BASELINES: dict[str, type[MetaOptimizer]] = {"adam": Adam, "adamw": AdamW, "sgd_momentum": SGDMomentum}
 
 
 def build_baseline(name: str, lr: float) -> MetaOptimizer:

@@ -15,6 +15,7 @@ from lightning_l2o.tasks.datasets import ImageDataset, load_dataset
 from lightning_l2o.tasks.spec import TaskSpec
 
 EVAL_TRAIN_EXAMPLES = 2048
+EVAL_CHUNK = 1000
 
 
 class ClassifierTask(ModuleTask):
@@ -36,9 +37,10 @@ class ClassifierTask(ModuleTask):
 
     @torch.no_grad()
     def evaluate(self, params: Tensor) -> dict[str, float]:
+        """Loss on the first 2048 training examples; loss and accuracy on the whole test split (in chunks)."""
         n = min(EVAL_TRAIN_EXAMPLES, len(self.data.y_train))
         train_loss = self.loss(params, (self.data.x_train[:n], self.data.y_train[:n]))
-        logits = self.forward(params, self.data.x_test.to(params.dtype))
+        logits = torch.cat([self.forward(params, x.to(params.dtype)) for x in self.data.x_test.split(EVAL_CHUNK)])
         return {
             "train_loss": float(train_loss),
             "test_loss": float(F.cross_entropy(logits, self.data.y_test)),
@@ -49,7 +51,7 @@ class ClassifierTask(ModuleTask):
 def _require_dataset(spec: TaskSpec) -> ImageDataset:
     if spec.dataset is None:
         raise ConfigError(f"{spec.family}: a dataset is required (e.g. dataset: digits)")
-    return load_dataset(spec.dataset)
+    return load_dataset(spec.dataset, spec.data_dir, spec.download)
 
 
 class MLPTask(ClassifierTask):

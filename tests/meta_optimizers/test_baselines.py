@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.meta_optimizers import Adam, SGDMomentum, build_baseline
+from lightning_l2o.meta_optimizers import Adam, AdamW, SGDMomentum, build_baseline
 from lightning_l2o.params import ParamLayout
 
 
@@ -11,6 +11,8 @@ from lightning_l2o.params import ParamLayout
     [
         (SGDMomentum(lr=0.05, momentum=0.8), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8)),
         (Adam(lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
+        (AdamW(lr=0.05), lambda p: torch.optim.AdamW(p, lr=0.05)),
+        (AdamW(lr=0.05, weight_decay=0.5), lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.5)),
     ],
 )
 def test_matches_torch_optim(rule, reference):
@@ -26,11 +28,12 @@ def test_matches_torch_optim(rule, reference):
         ref.zero_grad()
         ((ref_param - target).square() * torch.arange(1.0, 7.0)).sum().backward()
         ref.step()
-    assert torch.allclose(theta, ref_param.detach(), atol=1e-6)
+    torch.testing.assert_close(theta, ref_param.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_baselines_have_nothing_to_learn_and_bad_values_are_named():
     assert not build_baseline("adam", 1e-3).is_learned
+    assert build_baseline("adamw", 1e-3).name == "adamw"
     with pytest.raises(ConfigError, match="momentum must be in"):
         SGDMomentum(momentum=1.5)
     with pytest.raises(ConfigError, match="unknown baseline 'rmsprop'"):

@@ -1,0 +1,83 @@
+"""Replication benchmark: FF and LSTM meta-trained on task 17 (real FashionMNIST), evaluated against tuned baselines.
+
+    python benchmarks/replication.py fit --outer-steps 300      # both methods in parallel, one CPU thread each
+    python benchmarks/replication.py report                     # task 17 and width / depth presets
+
+``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm}.yaml`` with the reference schedule
+(100 inner steps per outer step, one-step lookahead on the same batch, Adam 3e-4 with weight decay 1e-4,
+cosine decay over ``--outer-steps``) and no validation; a killed run resumes with ``--resume``. ``report``
+runs :mod:`lightning_l2o.report` on the two ``last.ckpt``. Datasets are read from ``$L2O_DATA_DIR``
+(default ``../shared/data``). Results go to ``benchmarks/results/replication/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "results" / "replication"
+METHODS = ("ff", "lstm")
+TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-width32", "fashion_mnist-depth1", "fashion_mnist-depth2")
+
+
+def _env(threads: int) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env.setdefault("L2O_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    return env
+
+
+def last_checkpoint(method: str) -> Path:
+    return OUT / method / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def fit(outer_steps: int, resume: bool) -> None:
+    procs = {}
+    for method in METHODS:
+        cmd = [sys.executable, "-m", "lightning_l2o", "fit", f"--config={REPO / 'configs' / f'{method}.yaml'}",
+               f"--trainer.max_steps={outer_steps}", "--trainer.limit_val_batches=0",
+               "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={OUT}",
+               "--trainer.logger.init_args.version=0"]
+        if resume and last_checkpoint(method).is_file():
+            cmd.append(f"--ckpt_path={last_checkpoint(method)}")
+        print(" ".join(cmd), flush=True)
+        OUT.mkdir(parents=True, exist_ok=True)
+        log = (OUT / f"{method}_fit.log").open("a")
+        procs[method] = (subprocess.Popen(cmd, cwd=REPO, env=_env(1), stdout=log, stderr=subprocess.STDOUT), time.time())
+    for method, (proc, start) in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"{method} fit failed; see {OUT / f'{method}_fit.log'}")
+        print(f"{method}: {outer_steps} outer steps in {(time.time() - start) / 60:.1f} min", flush=True)
+
+
+def report(steps: int, seeds: list[int], presets: list[str]) -> None:
+    cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / "report"), "--steps", str(steps),
+           "--seeds", str(seeds), "--tasks", str(presets),
+           "--checkpoints", str({m: str(last_checkpoint(m)) for m in METHODS})]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, env=_env(2), check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    fit_parser = sub.add_parser("fit")
+    fit_parser.add_argument("--outer-steps", type=int, default=300)
+    fit_parser.add_argument("--resume", action="store_true", help="continue from each method's last.ckpt")
+    report_parser = sub.add_parser("report")
+    report_parser.add_argument("--steps", type=int, default=1000)
+    report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
+    report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
+    args = parser.parse_args()
+    if args.stage == "fit":
+        fit(args.outer_steps, args.resume)
+    else:
+        report(args.steps, args.seeds, args.presets)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The per-parameter feed-forward (FF) learned optimizer (Metz et al. 2019; the FF baseline of Kofinas et al. 2024)."""
+
+from __future__ import annotations
+
+import itertools
+
+from torch import Tensor, nn
+
+from lightning_l2o.meta_optimizers.base import State
+from lightning_l2o.meta_optimizers.per_parameter import OUTPUTS, PerParameterOptimizer
+
+
+class PerParameterMLP(nn.Module):
+    """``(n, F)`` -> ``num_layers`` x (Linear(hidden) -> ReLU) -> Linear(2) -> ``(n, 2)``."""
+
+    def __init__(self, in_features: int, hidden_dim: int, num_layers: int, out_features: int = OUTPUTS) -> None:
+        super().__init__()
+        widths = [in_features] + [hidden_dim] * num_layers
+        layers: list[nn.Module] = []
+        for w_in, w_out in itertools.pairwise(widths):
+            layers += [nn.Linear(w_in, w_out), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
+
+    def reset_parameters(self) -> None:
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)
+
+
+class FFMetaOptimizer(PerParameterOptimizer):
+    """An MLP on each parameter's features (Kofinas et al.'s best: ``hidden_dim=64, num_layers=2``).
+
+    See :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` for the arguments.
+    """
+
+    def __init__(
+        self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 2, lr: float | None = None,
+        exp_scale: float | None = None,
+    ) -> None:
+        super().__init__(features, hidden_dim, num_layers, lr, exp_scale)
+        self.network = PerParameterMLP(self.features.num_features, hidden_dim, num_layers)
+
+    @property
+    def name(self) -> str:
+        return "ff"
+
+    def network_step(self, features: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.network(features), {}

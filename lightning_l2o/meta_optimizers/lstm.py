@@ -1,0 +1,67 @@
+"""The coordinatewise LSTM learned optimizer (Andrychowicz et al. 2016; Metz et al. 2020)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_l2o.meta_optimizers.base import State
+from lightning_l2o.meta_optimizers.per_parameter import OUTPUTS, PerParameterOptimizer
+
+
+class CoordinatewiseLSTM(nn.Module):
+    """A stack of ``num_layers`` LSTM cells shared by all coordinates, and a linear head.
+
+    ``features (n, F)``, state ``h, c (num_layers, n, hidden)`` -> outputs ``(n, 2)`` and the new ``h, c``.
+    """
+
+    def __init__(self, in_features: int, hidden_dim: int, num_layers: int, out_features: int = OUTPUTS) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(in_features if i == 0 else hidden_dim, hidden_dim) for i in range(num_layers)
+        )
+        self.head = nn.Linear(hidden_dim, out_features)
+
+    def reset_parameters(self) -> None:
+        for cell in self.cells:
+            cell.reset_parameters()
+        self.head.reset_parameters()
+
+    def initial_state(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        zeros = like.new_zeros(len(self.cells), n, self.hidden_dim)
+        return zeros, zeros.clone()
+
+    def forward(self, features: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, hs, cs = features, [], []
+        for layer, cell in enumerate(self.cells):
+            x, c_new = cell(x, (h[layer], c[layer]))
+            hs.append(x)
+            cs.append(c_new)
+        return self.head(x), torch.stack(hs), torch.stack(cs)
+
+
+class LSTMMetaOptimizer(PerParameterOptimizer):
+    """An LSTM over time on each parameter's features (Kofinas et al.'s best: ``hidden_dim=32, num_layers=1``).
+
+    See :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` for the arguments.
+    """
+
+    def __init__(
+        self, features: str = "kofinas", hidden_dim: int = 32, num_layers: int = 1, lr: float | None = None,
+        exp_scale: float | None = None,
+    ) -> None:
+        super().__init__(features, hidden_dim, num_layers, lr, exp_scale)
+        self.network = CoordinatewiseLSTM(self.features.num_features, hidden_dim, num_layers)
+
+    @property
+    def name(self) -> str:
+        return "lstm"
+
+    def init_network_state(self, params: Tensor) -> State:
+        h, c = self.network.initial_state(len(params), params)
+        return {"lstm_h": h, "lstm_c": c}
+
+    def network_step(self, features: Tensor, state: State) -> tuple[Tensor, State]:
+        outputs, h, c = self.network(features, state["lstm_h"], state["lstm_c"])
+        return outputs, {"lstm_h": h, "lstm_c": c}

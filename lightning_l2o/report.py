@@ -1,0 +1,138 @@
+"""The evaluation report: learned optimizers and tuned baselines side by side on task presets x seeds.
+
+    python -m lightning_l2o.report --config configs/eval/suite.yaml --checkpoints '{ff: ff.ckpt, lstm: lstm.ckpt}'
+
+Every baseline's learning rate is chosen on ``lr_grid`` per task family on the validation seeds of the
+tuning tasks (never on test seeds); then every learned optimizer and every tuned baseline trains each
+task preset with each test seed for ``steps`` inner steps. ``out_dir`` receives ``results.md`` (mean ±
+std of final train loss and test accuracy), ``results.csv`` (one row per run), ``summary.csv``,
+``curves.csv``, ``loss_curves.png`` and a TensorBoard run (``tensorboard --logdir <out_dir>``).
+A diverging optimizer is recorded as diverged, not raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from jsonargparse import auto_cli
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from lightning_l2o.errors import ConfigError, config_errors_exit
+from lightning_l2o.evaluation import Trajectory, best_lrs, meta_test, summarize
+from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
+from lightning_l2o.meta_optimizers.baselines import BASELINES
+from lightning_l2o.optim import load_meta_optimizer
+from lightning_l2o.reporting import curve_rows, markdown_table, plot_loss_curves, result_rows, save_figure, write_csv
+from lightning_l2o.tasks import TaskSpec, build_task
+
+
+def evaluation_report(
+    checkpoints: dict[str, str] | None = None,
+    tasks: Sequence[str] = ("17",),
+    seeds: Sequence[int] = (101, 102, 103, 104, 105),
+    steps: int = 1000,
+    baselines: Sequence[str] = ("adam", "adamw", "sgd_momentum"),
+    lr_grid: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1),
+    tuning_tasks: Sequence[str] | None = None,
+    val_seeds: Sequence[int] = (201, 202, 203),
+    out_dir: str = "reports/evaluation",
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> list[Trajectory]:
+    """Write the evaluation report and return every trajectory.
+
+    Args:
+        checkpoints: ``{method name: fit checkpoint}`` of the learned optimizers to evaluate.
+        tasks: task presets (names or numeric ids, see :mod:`lightning_l2o.tasks.presets`).
+        seeds: test seeds of every task.
+        steps: inner steps each optimizee is trained for.
+        baselines: hand-designed optimizers (``adam``, ``adamw``, ``sgd_momentum``).
+        lr_grid: learning rates tried for each baseline.
+        tuning_tasks: presets whose validation seeds choose the baselines' lrs (default: ``tasks``).
+        val_seeds: validation seeds (must not overlap ``seeds``).
+        out_dir: folder of the tables, figures and TensorBoard run.
+        data_dir: folder of torchvision datasets (default ``$L2O_DATA_DIR``, else ``./data``).
+        device: where optimizees train (``cpu``, ``cuda``).
+    """
+    learned = _load_learned(checkpoints or {})
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown or not lr_grid or min(lr_grid) <= 0 or steps < 1:
+        raise ConfigError(f"baselines must be names from {list(BASELINES)} (unknown: {unknown}), lr_grid positive "
+                          f"learning rates and steps >= 1; got {list(lr_grid)}, {steps}")
+    if set(seeds) & set(val_seeds):
+        raise ConfigError(f"seeds and val_seeds must be disjoint; both contain {sorted(set(seeds) & set(val_seeds))}")
+    test_specs = _specs(tasks, seeds, steps, data_dir)
+    val_specs = _specs(tasks if tuning_tasks is None else tuning_tasks, val_seeds, steps, data_dir)
+    runs = len(val_specs) * len(baselines) * len(lr_grid) + len(test_specs) * (len(learned) + len(baselines))
+    progress = tqdm(total=runs, desc="evaluation runs", unit="run")
+
+    def run(rule: MetaOptimizer, spec: TaskSpec, method: str) -> Trajectory:
+        progress.set_postfix_str(f"{method} on {spec.name}")
+        trajectory = meta_test(rule, spec, method=method, device=device)
+        progress.update()
+        return trajectory
+
+    grid = {(name, lr, spec.name): run(build_baseline(name, lr), spec, name)
+            for spec in val_specs for name in baselines for lr in lr_grid}
+    tuned = best_lrs(grid)
+    trajectories = []
+    for spec in test_specs:
+        trajectories += [run(rule, spec, method) for method, rule in learned.items()]
+        for name in baselines:
+            if (name, spec.family) not in tuned:
+                raise ConfigError(f"no tuning task of family '{spec.family}' for {spec.name}; add one to tuning_tasks")
+            trajectories.append(run(build_baseline(name, tuned[(name, spec.family)]), spec, name))
+    progress.close()
+    write_report(trajectories, Path(out_dir))
+    return trajectories
+
+
+def write_report(trajectories: list[Trajectory], out_dir: Path) -> None:
+    """Tables, curves and a TensorBoard run of ``trajectories`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(trajectories)
+    (out_dir / "results.md").write_text(table + "\n")
+    write_csv(result_rows(trajectories), out_dir / "results.csv")
+    write_csv(summarize(trajectories), out_dir / "summary.csv")
+    write_csv(curve_rows(trajectories), out_dir / "curves.csv")
+    fig = plot_loss_curves(trajectories)
+    save_figure(fig, out_dir / "loss_curves.png")
+    with SummaryWriter(str(out_dir / "tensorboard")) as writer:
+        writer.add_figure("evaluation/loss_curves", fig)
+        writer.add_text("evaluation/results", table)
+        for row in summarize(trajectories):
+            prefix = f"evaluation/{row['architecture']}/{row['method']}"
+            writer.add_scalar(f"{prefix}/final_loss", row["final_loss_mean"])
+            writer.add_scalar(f"{prefix}/test_accuracy", row["test_accuracy_mean"])
+            writer.add_scalar(f"{prefix}/diverged", row["diverged"])
+    plt.close(fig)
+    print(table)
+
+
+def _load_learned(checkpoints: dict[str, str]) -> dict[str, MetaOptimizer]:
+    clashes = sorted(set(checkpoints) & set(BASELINES))
+    if clashes:
+        raise ConfigError(f"checkpoint names {clashes} clash with baseline names; name them e.g. 'ff' or 'lstm'")
+    return {name: load_meta_optimizer(path) for name, path in checkpoints.items()}
+
+
+def _specs(presets: Sequence[str], seeds: Sequence[int], steps: int, data_dir: str | None) -> list[TaskSpec]:
+    if not presets or not seeds:
+        raise ConfigError("tasks, tuning_tasks, seeds and val_seeds must not be empty")
+    templates = [TaskSpec(preset=str(p), horizon=steps, data_dir=data_dir) for p in presets]
+    for template in templates:
+        build_task(template)
+    return [t.with_seed(s) for t in templates for s in seeds]
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m lightning_l2o.report``: :func:`evaluation_report` from a YAML ``--config`` and flags."""
+    with config_errors_exit():
+        auto_cli(evaluation_report, args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The evaluation report on a tiny run: every method on every preset, no NaN where nothing diverged."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from lightning_l2o import FFMetaOptimizer, L2OModule
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.report import evaluation_report, main
+from tests.conftest import REPO, SHARED_DATA, tiny_datamodule, tiny_trainer
+
+PRESETS = ["cifar10-depth1", "cifar10-width8"]
+
+
+def _checkpoint(tmp_path, name: str) -> str:
+    module = L2OModule(FFMetaOptimizer(hidden_dim=8, num_layers=1), meta_loss="lookahead")
+    trainer = tiny_trainer(tmp_path / name, max_steps=2)
+    trainer.fit(module, tiny_datamodule())
+    path = tmp_path / f"{name}.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def _report(tmp_path, data_dir, checkpoints):
+    return evaluation_report(
+        checkpoints=checkpoints, tasks=PRESETS, seeds=[101, 102], steps=4, lr_grid=[0.001, 0.01],
+        tuning_tasks=["cifar10-depth1"], val_seeds=[201], out_dir=str(tmp_path / "report"), data_dir=data_dir,
+    )
+
+
+def test_tiny_report_has_every_method_on_every_preset(tmp_path, fake_cifar10):
+    trajectories = _report(tmp_path, str(fake_cifar10), {"ff": _checkpoint(tmp_path, "ff")})
+    out = tmp_path / "report"
+    assert {p.name for p in out.iterdir()} >= {"results.md", "results.csv", "summary.csv", "curves.csv",
+                                              "loss_curves.png", "tensorboard"}
+    assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {(r["architecture"], r["method"]) for r in rows} == {
+        (p, m) for p in PRESETS for m in ("ff", "adam", "adamw", "sgd_momentum")}
+    for row in rows:
+        assert row["runs"] == "2"
+        if row["diverged"] == "0":
+            assert math.isfinite(float(row["final_loss_mean"])) and math.isfinite(float(row["test_accuracy_mean"]))
+    table = (out / "results.md").read_text()
+    assert all(p in table for p in PRESETS) and "± " in table
+    assert all(len(t.losses) == 4 for t in trajectories if not t.diverged)
+    tuned = {t.method: t.lr for t in trajectories if t.method != "ff"}
+    assert set(tuned.values()) <= {0.001, 0.01}
+
+
+def test_a_diverging_learned_optimizer_is_reported_not_raised(tmp_path, fake_cifar10):
+    ckpt = _checkpoint(tmp_path, "wild")
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["lightning_l2o"]["meta_optimizer"]["init_args"]["lr"] = 1e30  # steps of 1e30: certain divergence
+    torch.save(checkpoint, ckpt)
+    trajectories = _report(tmp_path, str(fake_cifar10), {"wild": ckpt})
+    wild = [t for t in trajectories if t.method == "wild"]
+    assert wild and all(t.diverged for t in wild)
+    assert "| 2/2 |" in (tmp_path / "report" / "results.md").read_text()
+    assert all(not t.diverged and math.isfinite(t.final_loss) for t in trajectories if t.method == "adam")
+
+
+def test_report_rejects_test_seeds_among_validation_seeds(tmp_path, fake_cifar10):
+    with pytest.raises(ConfigError, match="disjoint"):
+        evaluation_report(tasks=PRESETS, seeds=[101], val_seeds=[101], data_dir=str(fake_cifar10),
+                          out_dir=str(tmp_path))
+
+
+def test_shipped_suite_config_runs_from_the_command_line(tmp_path, monkeypatch, capsys):
+    if not (SHARED_DATA / "FashionMNIST").is_dir():
+        pytest.skip(f"configs/eval/suite.yaml evaluates FashionMNIST presets; not in {SHARED_DATA}")
+    monkeypatch.setenv("L2O_DATA_DIR", str(SHARED_DATA))
+    main([f"--config={REPO / 'configs/eval/suite.yaml'}", "--tasks=[fashion_mnist-depth1]", "--seeds=[101]",
+          "--steps=3", "--lr_grid=[0.01]", "--tuning_tasks=[fashion_mnist-depth1]", "--val_seeds=[201]",
+          f"--out_dir={tmp_path}", f"--checkpoints={{ff: {_checkpoint(tmp_path, 'ff')}}}"])
+    assert "fashion_mnist-depth1" in (tmp_path / "results.md").read_text()
+    assert "sgd_momentum" in capsys.readouterr().out
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"--checkpoints={{ff: {tmp_path / 'nope.ckpt'}}}", f"--out_dir={tmp_path}"])
+    assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_learned_weights_survive_the_round_trip(tmp_path):
+    from lightning_l2o.optim import load_meta_optimizer
+
+    rule = load_meta_optimizer(_checkpoint(tmp_path, "ff"))
+    assert isinstance(rule, FFMetaOptimizer) and all(torch.isfinite(p).all() for p in rule.parameters())

@@ -6,7 +6,9 @@
 ``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm}.yaml`` with the reference schedule
 (100 inner steps per outer step, one-step lookahead on the same batch, Adam 3e-4 with weight decay 1e-4,
 cosine decay over ``--outer-steps``) and no validation; a killed run resumes with ``--resume``. ``report``
-runs :mod:`lightning_l2o.report` on the two ``last.ckpt``. Datasets are read from ``$L2O_DATA_DIR``
+runs :mod:`lightning_l2o.report` on the two ``last.ckpt``: baselines' lrs tuned on task 17's
+validation seeds, then task 17 and the FashionMNIST width-8 and depth-1 presets (the wider and deeper ones cost
+minutes per run on a CPU: add them with ``--presets``). Datasets are read from ``$L2O_DATA_DIR``
 (default ``../shared/data``). Results go to ``benchmarks/results/replication/``.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "replication"
 METHODS = ("ff", "lstm")
-TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-width32", "fashion_mnist-depth1", "fashion_mnist-depth2")
+TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -54,10 +56,10 @@ def fit(outer_steps: int, resume: bool) -> None:
         print(f"{method}: {outer_steps} outer steps in {(time.time() - start) / 60:.1f} min", flush=True)
 
 
-def report(steps: int, seeds: list[int], presets: list[str]) -> None:
+def report(steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int]) -> None:
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / "report"), "--steps", str(steps),
-           "--seeds", str(seeds), "--tasks", str(presets),
-           "--checkpoints", str({m: str(last_checkpoint(m)) for m in METHODS})]
+           "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
+           "--val_seeds", str(val_seeds), "--checkpoints", str({m: str(last_checkpoint(m)) for m in METHODS})]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, env=_env(2), check=True)
 
@@ -72,11 +74,13 @@ def main() -> None:
     report_parser.add_argument("--steps", type=int, default=1000)
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
+    report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
+    report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.outer_steps, args.resume)
     else:
-        report(args.steps, args.seeds, args.presets)
+        report(args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_l2o import L2OModule, Opt2Vec
@@ -110,3 +111,30 @@ def test_cli_fit_resumes_from_the_last_checkpoint(tmp_path):
     _run(tmp_path, "fit", config, *FAST[1:], "--trainer.max_steps=6", f"--ckpt_path={last}")
     steps = [torch.load(p, weights_only=True)["global_step"] for p in tmp_path.rglob("last*.ckpt")]
     assert max(steps) == 6
+
+
+def test_missing_dataset_files_name_the_folder_and_the_option(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("L2O_DATA_DIR", str(tmp_path / "no_data"))
+    with pytest.raises(SystemExit) as exit_info:
+        _run(tmp_path, "fit", f"--config={REPO / 'configs/ff.yaml'}")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert str(tmp_path / "no_data" / "FashionMNIST" / "raw") in err and "download: true" in err
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_shipped_checkpointing_survives_a_crash_before_any_validation(tmp_path, config):
+    """The configs' ModelCheckpoints, saving every 2 steps instead of every N: a crash at step 5 with no
+    validation yet must leave last.ckpt at step 4 (a monitored checkpoint alone would defer every save)."""
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    checkpoints = []
+    for entry in callbacks:
+        if entry["class_path"].endswith("ModelCheckpoint"):
+            args = dict(entry.get("init_args", {}))
+            if "every_n_train_steps" in args:
+                args["every_n_train_steps"] = 2
+            checkpoints.append(ModelCheckpoint(dirpath=tmp_path, **args))
+    trainer = tiny_trainer(tmp_path, max_steps=8, enable_checkpointing=True, callbacks=[*checkpoints, CrashAt(5)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(L2OModule(Opt2Vec()), tiny_datamodule())
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 4

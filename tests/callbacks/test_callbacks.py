@@ -32,12 +32,12 @@ def test_loss_curves_and_results_are_written_and_logged(run):
     out = logger.log_dir + "/meta_test"
     with open(f"{out}/test_step4_results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["method"] for r in rows} == {"opt2vec", "adam", "sgd_momentum"}
-    assert len(rows) == 3 * 4  # 2 test architectures x 2 seeds x 3 methods
+    assert {r["method"] for r in rows} == {"opt2vec", "adam", "adamw", "sgd_momentum"}
+    assert len(rows) == 4 * 4  # 2 test architectures x 2 seeds x 4 methods
     assert all(r["diverged"] == "False" and float(r["train_loss"]) > 0 for r in rows)
     with open(f"{out}/val_step2_curves.csv") as f:
         curve = list(csv.DictReader(f))
-    assert len(curve) == 3 * 15  # 1 val task x 3 methods x 15 inner steps
+    assert len(curve) == 4 * 15  # 1 val task x 4 methods x 15 inner steps
     for name in ("val_step2_loss_curves.png", "val_step4_traces.png", "test_step4_loss_curves.png"):
         assert Path(out, name).stat().st_size > 1000
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0}).Reload()

@@ -25,7 +25,15 @@ from lightning_l2o.evaluation import Trajectory, best_lrs, meta_test, summarize
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.baselines import BASELINES
 from lightning_l2o.optim import load_meta_optimizer
-from lightning_l2o.reporting import curve_rows, markdown_table, plot_loss_curves, result_rows, save_figure, write_csv
+from lightning_l2o.reporting import (
+    curve_rows,
+    markdown_table,
+    plot_loss_curves,
+    result_rows,
+    save_figure,
+    versus_table,
+    write_csv,
+)
 from lightning_l2o.tasks import TaskSpec, build_task
 
 
@@ -86,14 +94,16 @@ def evaluation_report(
                 raise ConfigError(f"no tuning task of family '{spec.family}' for {spec.name}; add one to tuning_tasks")
             trajectories.append(run(build_baseline(name, tuned[(name, spec.family)]), spec, name))
     progress.close()
-    write_report(trajectories, Path(out_dir))
+    write_report(trajectories, Path(out_dir), list(learned))
     return trajectories
 
 
-def write_report(trajectories: list[Trajectory], out_dir: Path) -> None:
+def write_report(trajectories: list[Trajectory], out_dir: Path, learned: list[str]) -> None:
     """Tables, curves and a TensorBoard run of ``trajectories`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(trajectories)
+    if learned and any(t.method == "adam" for t in trajectories):
+        table += "\n\n" + versus_table(trajectories, "adam", learned)
     (out_dir / "results.md").write_text(table + "\n")
     write_csv(result_rows(trajectories), out_dir / "results.csv")
     write_csv(summarize(trajectories), out_dir / "summary.csv")

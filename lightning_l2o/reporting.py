@@ -61,6 +61,31 @@ def markdown_table(trajectories: Iterable[Trajectory]) -> str:
     return "\n".join(lines)
 
 
+def versus_table(trajectories: Iterable[Trajectory], reference: str, learned: Sequence[str]) -> str:
+    """Each learned method against ``reference`` per architecture: test-accuracy difference (percentage points,
+    ± the two standard deviations combined) and final-loss ratio; "better" only if the accuracy gain exceeds
+    that spread (for tasks without accuracy: the loss ratio below 1)."""
+    rows = {(r["architecture"], r["method"]): r for r in summarize(trajectories)}
+    lines = [f"| task | method | Δ test accuracy vs {reference} (pp) | final loss / {reference}'s | verdict |",
+             "|---|---|---|---|---|"]
+    for architecture, method in sorted(k for k in rows if k[1] in learned):
+        ours, ref = rows[(architecture, method)], rows.get((architecture, reference))
+        if ref is None:
+            continue
+        delta = 100 * (ours["test_accuracy_mean"] - ref["test_accuracy_mean"])
+        spread = 100 * math.hypot(ours["test_accuracy_std"], ref["test_accuracy_std"])
+        ratio = ours["final_loss_mean"] / ref["final_loss_mean"]
+        if ours["diverged"]:
+            verdict = f"diverged {ours['diverged']}/{ours['runs']}"
+        elif math.isfinite(delta):
+            verdict = "better" if delta > spread else "worse" if delta < -spread else "tie"
+        else:
+            verdict = "better" if ratio < 1 else "worse"
+        delta_text = f"{delta:+.1f} ± {spread:.1f}" if math.isfinite(delta) else "—"
+        lines.append(f"| {architecture} | {method} | {delta_text} | {ratio:.3g} | {verdict} |")
+    return "\n".join(lines)
+
+
 def _padded(series: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack 1-D series of different lengths, padding with NaN: ``(num_series, max_len)``."""
     out = torch.full((len(series), max(len(s) for s in series)), math.nan)

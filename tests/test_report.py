@@ -47,6 +47,7 @@ def test_tiny_report_has_every_method_on_every_preset(tmp_path, fake_cifar10):
             assert math.isfinite(float(row["final_loss_mean"])) and math.isfinite(float(row["test_accuracy_mean"]))
     table = (out / "results.md").read_text()
     assert all(p in table for p in PRESETS) and "± " in table
+    assert "Δ test accuracy vs adam" in table and table.count("| ff |") == 2 * 2  # summary + versus rows
     assert all(len(t.losses) == 4 for t in trajectories if not t.diverged)
     tuned = {t.method: t.lr for t in trajectories if t.method != "ff"}
     assert set(tuned.values()) <= {0.001, 0.01}

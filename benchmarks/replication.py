@@ -56,8 +56,10 @@ def fit(outer_steps: int, resume: bool) -> None:
         print(f"{method}: {outer_steps} outer steps in {(time.time() - start) / 60:.1f} min", flush=True)
 
 
-def report(steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int]) -> None:
-    cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / "report"), "--steps", str(steps),
+def report(
+    steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int], name: str
+) -> None:
+    cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
            "--val_seeds", str(val_seeds), "--checkpoints", str({m: str(last_checkpoint(m)) for m in METHODS})]
     print(" ".join(cmd), flush=True)
@@ -76,11 +78,12 @@ def main() -> None:
     report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
     report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
     report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
+    report_parser.add_argument("--name", default="report", help="output folder under benchmarks/results/replication")
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.outer_steps, args.resume)
     else:
-        report(args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds)
+        report(args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -22,11 +23,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
 from datamodules import TaskDataModule
 from lightning_l2o import FFMetaOptimizer, L2OModule, LearnedOptimizer, LSTMMetaOptimizer, Opt2Vec
 from lightning_l2o.tasks import TaskSpec
 
-REPO = Path(__file__).resolve().parents[1]
 INNER_STEPS = 100
 
 

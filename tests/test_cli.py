@@ -19,7 +19,7 @@ FAST = ["--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.li
         "--trainer.enable_progress_bar=false"]
 # Configs on real images: the same YAML with 3-step horizons and one lr, so that a CPU runs it in seconds.
 SHORT_IMAGE_TASKS = [
-    "--data.init_args.train_tasks=[{preset: '17', horizon: 3}]",
+    "--data.init_args.train_tasks=[{preset: 17, horizon: 3}]",  # an unquoted id works too
     "--data.init_args.val_tasks=[{preset: '17', horizon: 3}]",
     "--data.init_args.test_tasks=[{preset: '17', horizon: 3}, {preset: fashion_mnist-depth1, horizon: 3}]",
     "--model.init_args.lr_grid=[0.01]",

@@ -37,7 +37,7 @@ class TaskSpec:
     horizon: int = 100
     seed: int = 0
     index: int = -1
-    preset: str | None = None
+    preset: str | int | None = None
     data_dir: str | None = None
     download: bool = False
 

@@ -83,20 +83,19 @@ class MetzFeatures(FeatureSet):
             "momenta": params.new_zeros(len(params), len(METZ_DECAYS)),
             "step": params.new_zeros(()),
             "segment_ids": layout.segment_ids(params.device),
+            "segment_sizes": torch.tensor(layout.numels, dtype=params.dtype, device=params.device),
         }
 
     def __call__(self, params: Tensor, grads: Tensor, state: State) -> tuple[Tensor, State]:
         decays = torch.tensor(METZ_DECAYS, dtype=params.dtype, device=params.device)
         momenta = decays * state["momenta"] + (1 - decays) * grads[:, None]
         stacked = torch.cat([grads[:, None], params[:, None], momenta], dim=1)
-        segments = state["segment_ids"]
-        num_tensors = int(segments.max()) + 1
-        sums = stacked.new_zeros(num_tensors, stacked.shape[1]).index_add(0, segments, stacked.square())
-        counts = torch.bincount(segments, minlength=num_tensors).to(stacked.dtype)
-        normalised = stacked * torch.rsqrt(SECOND_MOMENT_EPS + sums / counts[:, None])[segments]
+        segments, sizes = state["segment_ids"], state["segment_sizes"]
+        sums = stacked.new_zeros(len(sizes), stacked.shape[1]).index_add(0, segments, stacked.square())
+        normalised = stacked * torch.rsqrt(SECOND_MOMENT_EPS + sums / sizes[:, None])[segments]
         timescales = torch.tensor(METZ_TIMESCALES, dtype=params.dtype, device=params.device)
         time = torch.tanh(state["step"] / timescales - 1).expand(len(params), -1)
-        new_state = {"momenta": momenta, "step": state["step"] + 1, "segment_ids": segments}
+        new_state = {"momenta": momenta, "step": state["step"] + 1, "segment_ids": segments, "segment_sizes": sizes}
         return torch.cat([normalised, time], dim=1), new_state
 
 

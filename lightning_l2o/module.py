@@ -11,11 +11,12 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_l2o.errors import ConfigError
+from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.evaluation import DIVERGENCE_FACTOR, Trajectory, best_lrs, grid_search, meta_test, summarize
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.baselines import BASELINES
 from lightning_l2o.tasks import Segment, TaskSpec
-from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss, unroll
+from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss
 
 CHECKPOINT_KEY = "lightning_l2o"
 
@@ -26,8 +27,9 @@ class L2OModule(pl.LightningModule):
     Training: each batch is a :class:`~lightning_l2o.tasks.Segment` of K inner steps. The inner state
     (optimizee parameters, optimizer state, history, batch generator) is carried from one segment of a
     task to the next and detached in between; a new task starts a fresh optimizee. The segment's
-    meta-loss is backpropagated (optionally in windows of ``backprop_window`` steps), clipped, and
-    applied by Adam. A non-finite meta-loss, inner state or meta-gradient skips the outer update, is
+    meta-gradient comes from :attr:`estimator` (:class:`~lightning_l2o.estimators.TruncatedBackprop`:
+    the meta-loss backpropagated, optionally in windows of ``backprop_window`` steps); the module
+    clips it and applies it with Adam. A non-finite meta-loss, inner state or meta-gradient skips the outer update, is
     counted in ``train/nonfinite_segments`` and restarts the task.
 
     Validation and test: every held-out task is trained for its horizon by the learned rule and by
@@ -69,11 +71,7 @@ class L2OModule(pl.LightningModule):
         super().__init__()
         if not meta_optimizer.is_learned:
             raise ConfigError(f"model.meta_optimizer: {type(meta_optimizer).__name__} has no parameters to learn")
-        if meta_loss not in ("train", "lookahead") or lookahead_batch not in ("fresh", "same"):
-            raise ConfigError(f"model.meta_loss must be train|lookahead and model.lookahead_batch fresh|same, "
-                              f"got {meta_loss!r}, {lookahead_batch!r}")
-        if backprop_window is not None and backprop_window < 1:
-            raise ConfigError(f"model.backprop_window must be >= 1 or null, got {backprop_window}")
+        self.estimator = TruncatedBackprop(meta_loss, lookahead_batch, log_meta_loss, backprop_window)
         if not outer_lr > 0 or weight_decay < 0 or (gradient_clip_val is not None and not gradient_clip_val > 0):
             raise ConfigError("model.outer_lr must be > 0, model.weight_decay >= 0 and model.gradient_clip_val > 0 "
                               f"or null; got {outer_lr}, {weight_decay}, {gradient_clip_val}")
@@ -108,19 +106,9 @@ class L2OModule(pl.LightningModule):
     def training_step(self, segment: Segment, batch_idx: int) -> torch.Tensor | None:
         optimizer = self.optimizers()
         state = self._inner_state_for(segment.task)
-        window = self.hparams.backprop_window or segment.length
-        lengths = [min(window, segment.length - s) for s in range(0, segment.length, window)]
-        meta_losses, inner_losses, infos = [], [], []
-        for length in lengths:
-            result = unroll(self.meta_optimizer, state, length, self.hparams.meta_loss, self.hparams.lookahead_batch,
-                            self.hparams.log_meta_loss)
-            if not torch.isfinite(result.meta_loss) or not result.state.is_finite():
-                return self._skip_nonfinite(optimizer, segment.task)
-            self.manual_backward(result.meta_loss / len(lengths))
-            state = result.state.detached()
-            meta_losses.append(result.meta_loss.detach())
-            inner_losses.append(result.inner_losses)
-            infos.append(result.info)
+        estimate = self.estimator.estimate(self.meta_optimizer, state, segment.length, self.manual_backward)
+        if estimate is None:
+            return self._skip_nonfinite(optimizer, segment.task)
         grads = [p.grad for p in self.meta_optimizer.parameters() if p.grad is not None]
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             return self._skip_nonfinite(optimizer, segment.task)
@@ -132,16 +120,15 @@ class L2OModule(pl.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self._inner = state
+        self._inner = estimate.state
         self._consecutive_nonfinite = 0
-        meta_loss = torch.stack(meta_losses).mean()
-        self.log("train/meta_loss", meta_loss, prog_bar=True)
-        self.log("train/inner_loss", torch.cat(inner_losses).mean())
+        self.log("train/meta_loss", estimate.meta_loss, prog_bar=True)
+        self.log("train/inner_loss", estimate.inner_losses.mean())
         self.log("train/outer_lr", optimizer.param_groups[0]["lr"])
         self.log("train/nonfinite_segments", float(self.nonfinite_segments))
-        for key in infos[0]:
-            self.log(f"train/{key}", torch.stack([i[key] for i in infos]).mean())
-        return meta_loss
+        for key, value in estimate.info.items():
+            self.log(f"train/{key}", value)
+        return estimate.meta_loss
 
     def _inner_state_for(self, spec: TaskSpec) -> InnerState:
         """Continue the current optimizee of ``spec`` (or the one restored from a checkpoint), else start one."""

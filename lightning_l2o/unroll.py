@@ -32,7 +32,7 @@ class InnerState:
         task = build_task(spec).to(device)
         generator = task.generator()
         params = task.init_params(generator)
-        return cls(task, params, update_rule.init_state(params, task.layout), 0, generator)
+        return cls(task, params, update_rule.init_state(params, task.space), 0, generator)
 
     def detached(self) -> InnerState:
         """The same state cut from the autograd graph: the boundary between truncations."""
@@ -81,7 +81,7 @@ def inner_step(
     # Without create_graph the loss's graph is freed; the rule then sees it as a constant, like the gradient.
     rule_loss = loss if create_graph else loss.detach()
     with torch.set_grad_enabled(track_update):
-        new_params, opt_state, info = update_rule(params, grads, rule_loss, state.opt_state, lr)
+        new_params, opt_state, info = update_rule(params, grads, rule_loss, state.opt_state, state.task.space, lr)
     return InnerState(state.task, new_params, opt_state, state.step + 1, state.generator), loss, batch, info
 
 

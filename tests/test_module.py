@@ -16,9 +16,9 @@ class PoisonedOpt2Vec(Opt2Vec):
         super().__init__(**kwargs)
         self.poison_calls, self.calls = set(poison_calls), 0
 
-    def forward(self, params, grads, loss, state, lr):
+    def forward(self, params, grads, loss, state, space, lr):
         self.calls += 1
-        new, state, info = super().forward(params, grads, loss, state, lr)
+        new, state, info = super().forward(params, grads, loss, state, space, lr)
         return (new * float("nan") if self.calls in self.poison_calls else new), state, info
 
 

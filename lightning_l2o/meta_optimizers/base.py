@@ -1,9 +1,10 @@
 """The one interface every update rule implements, learned or hand-designed.
 
-An update rule is a pure function of (params, grads, loss, state, lr): it returns new parameters, a
-new state and an ``info`` dict of what callbacks show (effective lr, momentum, embeddings). All
-tensors are flat over every parameter of the optimizee (see :class:`~lightning_l2o.params.ParamLayout`),
-so one call updates all parameters at once. The same ``forward`` runs in the differentiable inner
+An update rule is a pure function of (params, grads, loss, state, space, lr): it returns new parameters,
+a new state and an ``info`` dict of what callbacks show (effective lr, momentum, embeddings). All
+tensors are flat over every parameter of the optimizee, so one call updates all parameters at once.
+``space`` (:class:`~lightning_l2o.params.ParamSpace`) is the optimizee's static description (layout,
+segment ids, neural graph), given on every call; the state holds only what changes from step to step. The same ``forward`` runs in the differentiable inner
 loop of meta-training, in meta-test, and under ``torch.no_grad()`` in the deployable optimizer.
 """
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamSpace
 
 State = dict[str, Tensor]
 Info = dict[str, Tensor]
@@ -51,12 +52,12 @@ class MetaOptimizer(nn.Module, ABC):
         return any(True for _ in self.parameters())
 
     @abstractmethod
-    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
         """Optimizer state for flat ``params`` of shape ``(n,)``; all values are tensors."""
 
     @abstractmethod
     def forward(
-        self, params: Tensor, grads: Tensor, loss: Tensor, state: State, lr: float | Tensor
+        self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace, lr: float | Tensor
     ) -> tuple[Tensor, State, Info]:
         """One update. ``params``, ``grads``: ``(n,)``; ``loss``: scalar; returns ``(params', state', info)``."""
 

@@ -11,7 +11,7 @@ from lightning_l2o.meta_optimizers.base import (
     check_fraction,
     check_positive,
 )
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamSpace
 
 
 class SGDMomentum(MetaOptimizer):
@@ -27,10 +27,10 @@ class SGDMomentum(MetaOptimizer):
     def name(self) -> str:
         return "sgd_momentum"
 
-    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
         return {"momentum_buffer": params.new_zeros(params.shape)}
 
-    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, lr: float | Tensor):
+    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace, lr: float | Tensor):
         buf = self.momentum * state["momentum_buffer"] + grads
         return params - lr * buf, {"momentum_buffer": buf}, {}
 
@@ -49,11 +49,11 @@ class Adam(MetaOptimizer):
         super().__init__(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
         self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, beta1, beta2, eps, weight_decay
 
-    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
         zeros = params.new_zeros(params.shape)
         return {"exp_avg": zeros, "exp_avg_sq": zeros.clone(), "step": params.new_zeros(())}
 
-    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, lr: float | Tensor):
+    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace, lr: float | Tensor):
         step = state["step"] + 1
         m = self.beta1 * state["exp_avg"] + (1 - self.beta1) * grads
         v = self.beta2 * state["exp_avg_sq"] + (1 - self.beta2) * grads.square()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers.base import State
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamSpace
 
 KOFINAS_BETAS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 METZ_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999)
@@ -48,11 +48,11 @@ class FeatureSet(ABC):
     default_step_scale: float
 
     @abstractmethod
-    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
         """State for flat ``params`` ``(n,)``: momenta and whatever else the features need."""
 
     @abstractmethod
-    def __call__(self, params: Tensor, grads: Tensor, state: State) -> tuple[Tensor, State]:
+    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         """``params``, ``grads``: ``(n,)`` -> features ``(n, num_features)`` and the updated feature state."""
 
 
@@ -62,10 +62,10 @@ class KofinasFeatures(FeatureSet):
     num_features = 2 * (2 + len(KOFINAS_BETAS))
     default_step_scale = 0.01
 
-    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
         return {"momenta": params.new_zeros(len(params), len(KOFINAS_BETAS))}
 
-    def __call__(self, params: Tensor, grads: Tensor, state: State) -> tuple[Tensor, State]:
+    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         betas = torch.tensor(KOFINAS_BETAS, dtype=params.dtype, device=params.device)
         momenta = betas * state["momenta"] + grads[:, None]
         quantities = torch.cat([params[:, None], grads[:, None], momenta], dim=1)
@@ -78,24 +78,19 @@ class MetzFeatures(FeatureSet):
     num_features = 2 + len(METZ_DECAYS) + len(METZ_TIMESCALES)
     default_step_scale = 0.001
 
-    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
-        return {
-            "momenta": params.new_zeros(len(params), len(METZ_DECAYS)),
-            "step": params.new_zeros(()),
-            "segment_ids": layout.segment_ids(params.device),
-            "segment_sizes": torch.tensor(layout.numels, dtype=params.dtype, device=params.device),
-        }
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
+        return {"momenta": params.new_zeros(len(params), len(METZ_DECAYS)), "step": params.new_zeros(())}
 
-    def __call__(self, params: Tensor, grads: Tensor, state: State) -> tuple[Tensor, State]:
+    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         decays = torch.tensor(METZ_DECAYS, dtype=params.dtype, device=params.device)
         momenta = decays * state["momenta"] + (1 - decays) * grads[:, None]
         stacked = torch.cat([grads[:, None], params[:, None], momenta], dim=1)
-        segments, sizes = state["segment_ids"], state["segment_sizes"]
+        segments, sizes = space.segment_ids, space.segment_sizes.to(params.dtype)
         sums = stacked.new_zeros(len(sizes), stacked.shape[1]).index_add(0, segments, stacked.square())
         normalised = stacked * torch.rsqrt(SECOND_MOMENT_EPS + sums / sizes[:, None])[segments]
         timescales = torch.tensor(METZ_TIMESCALES, dtype=params.dtype, device=params.device)
         time = torch.tanh(state["step"] / timescales - 1).expand(len(params), -1)
-        new_state = {"momenta": momenta, "step": state["step"] + 1, "segment_ids": segments, "segment_sizes": sizes}
+        new_state = {"momenta": momenta, "step": state["step"] + 1}
         return torch.cat([normalised, time], dim=1), new_state
 
 

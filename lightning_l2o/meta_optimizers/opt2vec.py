@@ -16,7 +16,7 @@ from lightning_l2o.meta_optimizers.base import (
     check_fraction,
     check_positive,
 )
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamSpace
 
 HISTORY_FEATURES = 3  # log loss, log gradient norm, log effective learning rate
 
@@ -91,7 +91,7 @@ class Opt2Vec(MetaOptimizer):
         p = self.initial_momentum
         nn.init.constant_(self.momentum_adapter.bias, math.log(max(p, 1e-6) / (1 - p)))
 
-    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
         return {
             "momentum_buffer": params.new_zeros(params.shape),
             "history": params.new_zeros(self.history_length, HISTORY_FEATURES),
@@ -99,7 +99,7 @@ class Opt2Vec(MetaOptimizer):
             "step": params.new_zeros(()),
         }
 
-    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, lr: float | Tensor):
+    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace, lr: float | Tensor):
         lr = as_tensor(lr, params)
         loss = as_tensor(loss, params)
         entry = torch.stack([

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State, check_positive
 from lightning_l2o.meta_optimizers.features import build_feature_set
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamSpace
 
 OUTPUTS = 2  # direction a and log-magnitude b
 
@@ -43,8 +43,8 @@ class PerParameterOptimizer(MetaOptimizer):
         self.features = feature_set
         self.lr, self.exp_scale = lr, exp_scale
 
-    def init_state(self, params: Tensor, layout: ParamLayout) -> State:
-        return {**self.features.init_state(params, layout), **self.init_network_state(params)}
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
+        return {**self.features.init_state(params, space), **self.init_network_state(params)}
 
     def init_network_state(self, params: Tensor) -> State:
         """The network's own per-parameter state (none for a feed-forward network)."""
@@ -54,8 +54,9 @@ class PerParameterOptimizer(MetaOptimizer):
     def network_step(self, features: Tensor, state: State) -> tuple[Tensor, State]:
         """``features (n, F)`` -> outputs ``(n, 2)`` and the network's new state."""
 
-    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, lr: float | Tensor):
-        features, feature_state = self.features(params, grads, state)
+    def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace,
+                lr: float | Tensor):
+        features, feature_state = self.features(params, grads, state, space)
         outputs, network_state = self.network_step(features, state)
         delta = lr * outputs[:, 0] * torch.exp(self.exp_scale * outputs[:, 1])
         info: Info = {"update_rms": delta.detach().square().mean().sqrt()}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamLayout, ParamSpace
 from lightning_l2o.tasks.datasets import ImageDataset
 from lightning_l2o.tasks.spec import TaskSpec
 
@@ -34,6 +35,7 @@ class Task(ABC):
     def to(self, device: torch.device | str) -> Task:
         """Move the task's tensors, modules and datasets to ``device`` (generators stay on the CPU)."""
         self.device = torch.device(device)
+        self.__dict__.pop("space", None)
         for name, value in list(vars(self).items()):
             if isinstance(value, (Tensor, nn.Module, ImageDataset)):
                 setattr(self, name, value.to(self.device))
@@ -43,6 +45,11 @@ class Task(ABC):
     @abstractmethod
     def layout(self) -> ParamLayout:
         """Names and shapes of the optimizee's parameters."""
+
+    @cached_property
+    def space(self) -> ParamSpace:
+        """The optimizee's static description on the task's device, shared by all tasks of one architecture."""
+        return ParamSpace.of_layout(self.layout, self.device)
 
     def generator(self) -> torch.Generator:
         """A fresh generator for this task's initial parameters and batches."""
@@ -80,6 +87,11 @@ class ModuleTask(Task):
     @property
     def layout(self) -> ParamLayout:
         return self._layout
+
+    @cached_property
+    def space(self) -> ParamSpace:
+        """Layout, segment ids and the module's neural graph (built on first use), cached per architecture."""
+        return ParamSpace.of_module(self.module, self.device)
 
     def forward(self, params: Tensor, inputs: Tensor) -> Tensor:
         return functional_call(self.module, self._layout.unflatten(params), (inputs,))

@@ -3,7 +3,7 @@ import torch
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers import Adam, AdamW, SGDMomentum, build_baseline
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamLayout, ParamSpace
 
 
 @pytest.mark.parametrize(
@@ -21,10 +21,11 @@ def test_matches_torch_optim(rule, reference):
     theta = torch.randn(6)
     ref_param = theta.clone().requires_grad_()
     ref = reference([ref_param])
-    state = rule.init_state(theta, ParamLayout(("x",), (torch.Size([6]),)))
+    space = ParamSpace.of_layout(ParamLayout(("x",), (torch.Size([6]),)))
+    state = rule.init_state(theta, space)
     for _ in range(5):
         grad = 2 * (theta - target) * torch.arange(1.0, 7.0)
-        theta, state, _ = rule(theta, grad, torch.tensor(0.0), state, rule.lr)
+        theta, state, _ = rule(theta, grad, torch.tensor(0.0), state, space, rule.lr)
         ref.zero_grad()
         ((ref_param - target).square() * torch.arange(1.0, 7.0)).sum().backward()
         ref.step()

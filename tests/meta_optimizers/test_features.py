@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_l2o.meta_optimizers.features import KofinasFeatures, MetzFeatures, log_sign
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamLayout, ParamSpace
 
 
 def test_log_sign_preprocessing_by_hand():
@@ -31,11 +31,11 @@ def test_log_sign_has_finite_gradients_at_zero():
 
 def test_kofinas_features_accumulate_momenta_and_preprocess_14_values():
     features = KofinasFeatures()
-    params, layout = torch.tensor([2.0, -3.0]), ParamLayout.from_tensors([("w", torch.zeros(2))])
-    state = features.init_state(params, layout)
+    params, space = torch.tensor([2.0, -3.0]), ParamSpace.of_layout(ParamLayout.from_tensors([("w", torch.zeros(2))]))
+    state = features.init_state(params, space)
     g1, g2 = torch.tensor([1.0, 0.5]), torch.tensor([-2.0, 0.25])
-    _, state = features(params, g1, state)
-    out, state = features(params, g2, state)
+    _, state = features(params, g1, state, space)
+    out, state = features(params, g2, state, space)
     betas = torch.tensor([0.5, 0.9, 0.99, 0.999, 0.9999])
     momenta = betas * g1[:, None] + g2[:, None]
     torch.testing.assert_close(state["momenta"], momenta)
@@ -47,11 +47,11 @@ def test_kofinas_features_accumulate_momenta_and_preprocess_14_values():
 
 def test_metz_features_normalise_per_tensor_and_embed_time():
     features = MetzFeatures()
-    layout = ParamLayout.from_tensors([("a", torch.zeros(2)), ("b", torch.zeros(1))])
+    space = ParamSpace.of_layout(ParamLayout.from_tensors([("a", torch.zeros(2)), ("b", torch.zeros(1))]))
     params = torch.tensor([1.0, 1.0, 5.0])
     grads = torch.tensor([3.0, 4.0, -2.0])
-    state = features.init_state(params, layout)
-    out, state = features(params, grads, state)
+    state = features.init_state(params, space)
+    out, state = features(params, grads, state, space)
     assert out.shape == (3, 18) == (3, features.num_features)
     rms_a = math.sqrt((9 + 16) / 2 + 1e-5)
     torch.testing.assert_close(out[:2, 0], torch.tensor([3.0, 4.0]) / rms_a)
@@ -59,7 +59,7 @@ def test_metz_features_normalise_per_tensor_and_embed_time():
     # first EMA momentum (decay 0.1): 0.9 g, normalised by its own rms over tensor a
     torch.testing.assert_close(out[:2, 2], torch.tensor([0.9 * 3, 0.9 * 4]) / math.sqrt(0.81 * 12.5 + 1e-5))
     torch.testing.assert_close(out[:, 7:], torch.full((3, 11), math.tanh(-1.0)))
-    out, state = features(params, grads, state)
+    out, state = features(params, grads, state, space)
     timescales = torch.tensor([1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000.0])
     torch.testing.assert_close(out[0, 7:], torch.tanh(1 / timescales - 1))
     assert float(state["step"]) == 2
@@ -69,7 +69,7 @@ def test_metz_features_normalise_per_tensor_and_embed_time():
 def test_features_are_differentiable_in_params_and_grads(features):
     params = torch.randn(6, requires_grad=True)
     grads = torch.randn(6, requires_grad=True)
-    layout = ParamLayout.from_tensors([("a", torch.zeros(2, 2)), ("b", torch.zeros(2))])
-    out, _ = features(params, grads, features.init_state(params.detach(), layout))
+    space = ParamSpace.of_layout(ParamLayout.from_tensors([("a", torch.zeros(2, 2)), ("b", torch.zeros(2))]))
+    out, _ = features(params, grads, features.init_state(params.detach(), space), space)
     params_grad, grads_grad = torch.autograd.grad(out.square().sum(), (params, grads))
     assert torch.isfinite(params_grad).all() and grads_grad.abs().sum() > 0

@@ -5,9 +5,10 @@ import torch
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers import Opt2Vec, SGDMomentum, TinyOpt2VecNetwork
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamLayout, ParamSpace
 
 LAYOUT = ParamLayout(("x",), (torch.Size([8]),))
+SPACE = ParamSpace.of_layout(LAYOUT)
 
 
 def test_network_shapes():
@@ -20,14 +21,14 @@ def test_network_shapes():
 def test_state_info_shapes_and_history():
     rule = Opt2Vec(base_lr=0.01, embedding_dim=16, history_length=5)
     params = torch.randn(8)
-    state = rule.init_state(params, LAYOUT)
-    new, state, info = rule(params, torch.ones(8), torch.tensor(4.0), state, 0.01)
+    state = rule.init_state(params, SPACE)
+    new, state, info = rule(params, torch.ones(8), torch.tensor(4.0), state, SPACE, 0.01)
     assert new.shape == (8,) and info["embedding"].shape == (16,)
     assert state["history"].shape == (5, 3)
     # The first step fills the whole history with its entry [log loss, log |g|, log lr].
     expected = torch.tensor([math.log(4.0), math.log(math.sqrt(8)), math.log(0.01)])
     assert torch.allclose(state["history"], expected.expand(5, 3), atol=1e-5)
-    _, state, _ = rule(new, 2 * torch.ones(8), torch.tensor(1.0), state, 0.01)
+    _, state, _ = rule(new, 2 * torch.ones(8), torch.tensor(1.0), state, SPACE, 0.01)
     assert torch.allclose(state["history"][:-1], expected.expand(4, 3), atol=1e-5)
     assert torch.isclose(state["history"][-1, 0], torch.tensor(0.0), atol=1e-6)
 
@@ -37,10 +38,10 @@ def test_heads_are_bounded_even_for_extreme_weights():
     with torch.no_grad():
         for p in rule.parameters():
             p.normal_(0, 100)
-    state = rule.init_state(torch.zeros(8), LAYOUT)
+    state = rule.init_state(torch.zeros(8), SPACE)
     for loss in (1e-8, 1.0, 1e8):
         with torch.no_grad():
-            _, state, info = rule(torch.zeros(8), torch.randn(8), torch.tensor(loss), state, 0.01)
+            _, state, info = rule(torch.zeros(8), torch.randn(8), torch.tensor(loss), state, SPACE, 0.01)
         assert 0.1 - 1e-6 <= float(info["lr_scale"]) <= 10.0 + 1e-6
         assert 0.0 <= float(info["momentum"]) <= 1.0
         assert math.isclose(float(info["lr"]), 0.01 * float(info["lr_scale"]), rel_tol=1e-5)
@@ -49,11 +50,11 @@ def test_heads_are_bounded_even_for_extreme_weights():
 def test_untrained_opt2vec_is_sgd_with_momentum():
     rule, sgd = Opt2Vec(base_lr=0.02, initial_momentum=0.9), SGDMomentum(lr=0.02, momentum=0.9)
     theta_a = theta_b = torch.randn(8)
-    state_a, state_b = rule.init_state(theta_a, LAYOUT), sgd.init_state(theta_b, LAYOUT)
+    state_a, state_b = rule.init_state(theta_a, SPACE), sgd.init_state(theta_b, SPACE)
     for _ in range(4):
         grad = torch.randn(8)
-        theta_a, state_a, _ = rule(theta_a, grad, torch.tensor(1.0), state_a, 0.02)
-        theta_b, state_b, _ = sgd(theta_b, grad, torch.tensor(1.0), state_b, 0.02)
+        theta_a, state_a, _ = rule(theta_a, grad, torch.tensor(1.0), state_a, SPACE, 0.02)
+        theta_b, state_b, _ = sgd(theta_b, grad, torch.tensor(1.0), state_b, SPACE, 0.02)
     assert torch.allclose(theta_a, theta_b, atol=1e-6)
 
 
@@ -63,9 +64,9 @@ def test_update_rule_is_the_seed_formula():
         for p in rule.parameters():
             p.normal_(0, 0.5)
     params, grads = torch.randn(8), torch.randn(8)
-    state = rule.init_state(params, LAYOUT)
+    state = rule.init_state(params, SPACE)
     state["momentum_buffer"] = torch.randn(8)
-    new, new_state, info = rule(params, grads, torch.tensor(2.0), state, 0.1)
+    new, new_state, info = rule(params, grads, torch.tensor(2.0), state, SPACE, 0.1)
     buf = info["momentum"] * state["momentum_buffer"] + grads
     assert torch.allclose(new_state["momentum_buffer"], buf)
     assert torch.allclose(new, params - 0.1 * info["lr_scale"] * buf, atol=1e-6)

@@ -8,11 +8,12 @@ from torch import nn
 
 from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer, load_learned_optimizer
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamLayout, ParamSpace
 from lightning_l2o.unroll import InnerState, unroll
 from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
 
 LAYOUT = ParamLayout.from_tensors([("w", torch.zeros(3, 4)), ("b", torch.zeros(3))])
+SPACE = ParamSpace.of_layout(LAYOUT)
 RULES = [
     pytest.param(lambda f: FFMetaOptimizer(features=f, hidden_dim=16, num_layers=2), id="ff"),
     pytest.param(lambda f: LSTMMetaOptimizer(features=f, hidden_dim=8, num_layers=2), id="lstm"),
@@ -24,9 +25,9 @@ RULES = [
 def test_one_step_is_theta_plus_lr_a_exp_scaled_b(make, features):
     rule = make(features)
     params, grads = torch.randn(LAYOUT.total), torch.randn(LAYOUT.total)
-    state = rule.init_state(params, LAYOUT)
-    new_params, new_state, info = rule(params, grads, torch.tensor(1.0), state, rule.lr)
-    feats, _ = rule.features(params, grads, state)
+    state = rule.init_state(params, SPACE)
+    new_params, new_state, info = rule(params, grads, torch.tensor(1.0), state, SPACE, rule.lr)
+    feats, _ = rule.features(params, grads, state, SPACE)
     outputs, _ = rule.network_step(feats, state)
     assert outputs.shape == (LAYOUT.total, 2)
     expected = params + rule.lr * outputs[:, 0] * torch.exp(rule.exp_scale * outputs[:, 1])
@@ -47,9 +48,9 @@ def test_defaults_follow_the_papers():
 def test_lstm_state_is_per_coordinate_and_evolves():
     rule = LSTMMetaOptimizer(hidden_dim=8, num_layers=2)
     params = torch.randn(LAYOUT.total)
-    state = rule.init_state(params, LAYOUT)
+    state = rule.init_state(params, SPACE)
     assert state["lstm_h"].shape == state["lstm_c"].shape == (2, LAYOUT.total, 8)
-    _, state2, _ = rule(params, torch.randn(LAYOUT.total), torch.tensor(1.0), state, rule.lr)
+    _, state2, _ = rule(params, torch.randn(LAYOUT.total), torch.tensor(1.0), state, SPACE, rule.lr)
     assert not torch.equal(state2["lstm_h"], state["lstm_h"])
 
 

@@ -19,3 +19,13 @@ def test_unflatten_is_differentiable():
     views = layout.unflatten(flat)
     (views["a"].sum() * 2 + views["b"].sum()).backward()
     assert flat.grad.tolist() == [2.0] * 4 + [1.0] * 3
+
+
+def test_tasks_of_one_architecture_share_one_space_built_once():
+    from lightning_l2o.tasks import TaskSpec, build_task
+
+    spec = TaskSpec("mlp", arch={"hidden": [5]}, dataset="digits")
+    a, b = build_task(spec.with_seed(1)), build_task(spec.with_seed(2))
+    assert a.space is b.space and a.space.graph is b.space.graph
+    assert build_task(TaskSpec("mlp", arch={"hidden": [6]}, dataset="digits")).space is not a.space
+    assert a.space.segment_ids.tolist() == a.layout.segment_ids().tolist()

@@ -87,11 +87,11 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         for c_in, c_out, stride in zip([in_channels, *channels[:-1]], channels, strides):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1 if stride == 1 else 0), nn.ReLU()]
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(channels[-1], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).mean(dim=(2, 3)))
+        return self.classifier(self.features(x))
 
 
 class CNNTask(ClassifierTask):

@@ -1,12 +1,13 @@
-"""Replication benchmark: FF and LSTM meta-trained on task 17 (real FashionMNIST), evaluated against tuned baselines.
+"""Replication benchmark: FF, LSTM and PNA meta-trained on task 17 (real FashionMNIST), evaluated against tuned baselines.
 
-    python benchmarks/replication.py fit --outer-steps 300      # both methods in parallel, one CPU thread each
+    python benchmarks/replication.py fit --outer-steps 300      # the methods in parallel, one CPU thread each
+    python benchmarks/replication.py fit --methods pna --outer-steps 200
     python benchmarks/replication.py report                     # task 17 and width / depth presets
 
-``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm}.yaml`` with the reference schedule
+``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm,pna}.yaml`` with the reference schedule
 (100 inner steps per outer step, one-step lookahead on the same batch, Adam 3e-4 with weight decay 1e-4,
 cosine decay over ``--outer-steps``) and no validation; a killed run resumes with ``--resume``. ``report``
-runs :mod:`lightning_l2o.report` on the two ``last.ckpt``: baselines' lrs tuned on task 17's
+runs :mod:`lightning_l2o.report` on the methods' ``last.ckpt``: baselines' lrs tuned on task 17's
 validation seeds, then task 17 and the FashionMNIST width-8 and depth-1 presets (the wider and deeper ones cost
 minutes per run on a CPU: add them with ``--presets``). Datasets are read from ``$L2O_DATA_DIR``
 (default ``../shared/data``). Results go to ``benchmarks/results/replication/``.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "replication"
-METHODS = ("ff", "lstm")
+METHODS = ("ff", "lstm", "pna")
 TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
 
 
@@ -37,9 +38,9 @@ def last_checkpoint(method: str) -> Path:
     return OUT / method / "version_0" / "checkpoints" / "last.ckpt"
 
 
-def fit(outer_steps: int, resume: bool) -> None:
+def fit(methods: list[str], outer_steps: int, resume: bool) -> None:
     procs = {}
-    for method in METHODS:
+    for method in methods:
         cmd = [sys.executable, "-m", "lightning_l2o", "fit", f"--config={REPO / 'configs' / f'{method}.yaml'}",
                f"--trainer.max_steps={outer_steps}", "--trainer.limit_val_batches=0",
                "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={OUT}",
@@ -57,11 +58,12 @@ def fit(outer_steps: int, resume: bool) -> None:
 
 
 def report(
-    steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int], name: str
+    methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
+    name: str,
 ) -> None:
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
-           "--val_seeds", str(val_seeds), "--checkpoints", str({m: str(last_checkpoint(m)) for m in METHODS})]
+           "--val_seeds", str(val_seeds), "--checkpoints", str({m: str(last_checkpoint(m)) for m in methods})]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, env=_env(2), check=True)
 
@@ -71,9 +73,11 @@ def main() -> None:
     sub = parser.add_subparsers(dest="stage", required=True)
     fit_parser = sub.add_parser("fit")
     fit_parser.add_argument("--outer-steps", type=int, default=300)
+    fit_parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     fit_parser.add_argument("--resume", action="store_true", help="continue from each method's last.ckpt")
     report_parser = sub.add_parser("report")
     report_parser.add_argument("--steps", type=int, default=1000)
+    report_parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
     report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
@@ -81,9 +85,9 @@ def main() -> None:
     report_parser.add_argument("--name", default="report", help="output folder under benchmarks/results/replication")
     args = parser.parse_args()
     if args.stage == "fit":
-        fit(args.outer_steps, args.resume)
+        fit(args.methods, args.outer_steps, args.resume)
     else:
-        report(args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name)
+        report(args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ from lightning_l2o.meta_optimizers import (
     LSTMMetaOptimizer,
     MetaOptimizer,
     Opt2Vec,
+    PNAMetaOptimizer,
     SGDMomentum,
 )
 from lightning_l2o.module import L2OModule
 from lightning_l2o.optim import LearnedOptimizer, Opt2VecOptimizer, load_learned_optimizer, load_meta_optimizer
 
 __all__ = [
-    "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "SGDMomentum",
+    "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "PNAMetaOptimizer", "SGDMomentum",
     "load_learned_optimizer", "load_meta_optimizer",
 ]

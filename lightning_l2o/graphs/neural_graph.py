@@ -10,8 +10,10 @@ flat parameter vector to the graph, one indexed operation each way.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +41,8 @@ class NeuralGraph:
         layer_layout: ``(n_0, ..., n_L)``: nodes per layer (inputs, then each layer's outputs).
         kernel_size: ``K``: every edge carries a ``K x K`` kernel.
         data: ``torch_geometric.data.Data`` with ``edge_index`` ``(2, E)`` (source in layer ``l``, target in
-            ``l + 1``), ``node_layer`` ``(N,)`` (each node's layer) and ``num_nodes`` ``N``.
+            ``l + 1``), ``node_layer`` ``(N,)`` (each node's layer), ``node_index`` ``(N,)`` (its index within
+            the layer) and ``num_nodes`` ``N``.
         param_slot: ``(n,)`` long: the row of each flat parameter in the stacked feature table of
             :meth:`to_graph` (``E * K * K`` weight slots, then ``N`` bias slots).
         param_owner: ``(n,)`` long: the row of each flat parameter's edge (weights) or node (biases) in
@@ -64,9 +67,18 @@ class NeuralGraph:
     def edge_index(self) -> Tensor:
         return self.data.edge_index
 
+    @cached_property
+    def bidirectional_edge_index(self) -> Tensor:
+        """``(2, 2E)``: the forward edges, then each one reversed (same order)."""
+        return torch.cat([self.edge_index, self.edge_index.flip(0)], dim=1)
+
     @property
     def node_layer(self) -> Tensor:
         return self.data.node_layer
+
+    @property
+    def node_index(self) -> Tensor:
+        return self.data.node_index
 
     def to_graph(self, values: Tensor) -> tuple[Tensor, Tensor]:
         """Per-parameter values ``(n, F)`` -> edge features ``(E, K*K*F)`` and node features ``(N, F)``.
@@ -102,7 +114,7 @@ class NeuralGraph:
         layout = [_in_width(layers[0])] + [_out_width(layer) for layer in layers]
         node_offsets = torch.tensor([0, *layout]).cumsum(0).tolist()
         slots_per_edge = kernel_size**2
-        num_edges = sum(a * b for a, b in zip(layout, layout[1:]))
+        num_edges = sum(a * b for a, b in itertools.pairwise(layout))
         num_nodes = node_offsets[-1]
         src, dst, slot, owner, flat_index = [], [], [], [], []
         edge_offset = 0
@@ -128,8 +140,9 @@ class NeuralGraph:
             edge_offset += n_in * n_out
         order = torch.cat(flat_index).argsort()
         node_layer = torch.repeat_interleave(torch.arange(len(layout)), torch.tensor(layout))
+        node_index = torch.arange(num_nodes) - torch.tensor(node_offsets)[node_layer]
         data = Data(edge_index=torch.stack([torch.cat(src), torch.cat(dst)]), node_layer=node_layer,
-                    num_nodes=num_nodes)
+                    node_index=node_index, num_nodes=num_nodes)
         device = torch.device(device) if device is not None else torch.device("cpu")
         return cls(tuple(layout), kernel_size, data.to(device), torch.cat(slot)[order].to(device),
                    torch.cat(owner)[order].to(device))

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from lightning_l2o.meta_optimizers.base import State
 from lightning_l2o.meta_optimizers.per_parameter import OUTPUTS, PerParameterOptimizer
+from lightning_l2o.params import ParamSpace
 
 
 class PerParameterMLP(nn.Module):
@@ -47,5 +48,5 @@ class FFMetaOptimizer(PerParameterOptimizer):
     def name(self) -> str:
         return "ff"
 
-    def network_step(self, features: Tensor, state: State) -> tuple[Tensor, State]:
+    def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         return self.network(features), {}

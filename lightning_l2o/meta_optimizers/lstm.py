@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from lightning_l2o.meta_optimizers.base import State
 from lightning_l2o.meta_optimizers.per_parameter import OUTPUTS, PerParameterOptimizer
+from lightning_l2o.params import ParamSpace
 
 
 class CoordinatewiseLSTM(nn.Module):
@@ -62,6 +63,6 @@ class LSTMMetaOptimizer(PerParameterOptimizer):
         h, c = self.network.initial_state(len(params), params)
         return {"lstm_h": h, "lstm_c": c}
 
-    def network_step(self, features: Tensor, state: State) -> tuple[Tensor, State]:
+    def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         outputs, h, c = self.network(features, state["lstm_h"], state["lstm_c"])
         return outputs, {"lstm_h": h, "lstm_c": c}

@@ -9,6 +9,7 @@ and ``theta <- theta + delta`` (Kofinas et al. 2024: ``lr = exp_scale = 0.01``; 
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,17 +30,19 @@ class PerParameterOptimizer(MetaOptimizer):
         num_layers: number of hidden layers.
         lr: the step scale lambda (default: 0.01 for ``kofinas``, 0.001 for ``metz``); the deployed optimizer's lr.
         exp_scale: scale of ``b`` inside the exponential (default: the same as ``lr``'s default).
+        config: a subclass's further constructor arguments, recorded for checkpoints.
     """
 
     def __init__(
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 2, lr: float | None = None,
-        exp_scale: float | None = None,
+        exp_scale: float | None = None, **config: Any,
     ) -> None:
         feature_set = build_feature_set(features)
         lr = feature_set.default_step_scale if lr is None else lr
         exp_scale = feature_set.default_step_scale if exp_scale is None else exp_scale
         check_positive(type(self).__name__, hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale)
-        super().__init__(features=features, hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale)
+        super().__init__(features=features, hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale,
+                         **config)
         self.features = feature_set
         self.lr, self.exp_scale = lr, exp_scale
 
@@ -51,13 +54,13 @@ class PerParameterOptimizer(MetaOptimizer):
         return {}
 
     @abstractmethod
-    def network_step(self, features: Tensor, state: State) -> tuple[Tensor, State]:
+    def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         """``features (n, F)`` -> outputs ``(n, 2)`` and the network's new state."""
 
     def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace,
                 lr: float | Tensor):
         features, feature_state = self.features(params, grads, state, space)
-        outputs, network_state = self.network_step(features, state)
+        outputs, network_state = self.network_step(features, state, space)
         delta = lr * outputs[:, 0] * torch.exp(self.exp_scale * outputs[:, 1])
         info: Info = {"update_rms": delta.detach().square().mean().sqrt()}
         return params + delta, {**feature_state, **network_state}, info

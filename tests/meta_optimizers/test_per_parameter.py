@@ -28,7 +28,7 @@ def test_one_step_is_theta_plus_lr_a_exp_scaled_b(make, features):
     state = rule.init_state(params, SPACE)
     new_params, new_state, info = rule(params, grads, torch.tensor(1.0), state, SPACE, rule.lr)
     feats, _ = rule.features(params, grads, state, SPACE)
-    outputs, _ = rule.network_step(feats, state)
+    outputs, _ = rule.network_step(feats, state, SPACE)
     assert outputs.shape == (LAYOUT.total, 2)
     expected = params + rule.lr * outputs[:, 0] * torch.exp(rule.exp_scale * outputs[:, 1])
     torch.testing.assert_close(new_params, expected)

@@ -1,0 +1,125 @@
+"""Message-passing layers of the GNN meta-optimizers, built on torch_geometric's parts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import PNAConv
+from torch_geometric.nn.dense.linear import Linear
+
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.graphs import NeuralGraph
+
+
+class FiLMPNAConv(PNAConv):
+    """``PNAConv`` whose messages are modulated by the edge embedding, FiLM-style (Kofinas et al. 2024).
+
+    ``m_ij = scale(e_ij) * W [x_i, x_j] + shift(e_ij)``, aggregated with ``aggregators`` x ``scalers``
+    (:class:`~torch_geometric.nn.aggr.DegreeScalerAggregation`, normalised by the degree histogram ``deg``),
+    then ``x_i' = lin(post([x_i, aggregate_i]))`` as in ``PNAConv``. ``W [x_i, x_j]`` is computed per node
+    and gathered per edge (it is linear), so only the FiLM projection runs per edge.
+
+    Args:
+        channels: node and edge embedding size ``C``.
+        aggregators: e.g. ``["mean", "min", "max", "std"]``.
+        scalers: e.g. ``["identity", "amplification"]``.
+        deg: in-degree histogram of the training graphs.
+
+    Shapes:
+        - input: node embeddings ``(N, C)``, ``edge_index`` ``(2, E)``, edge embeddings ``(E, C)``
+        - output: node embeddings ``(N, C)``
+    """
+
+    def __init__(self, channels: int, aggregators: Sequence[str], scalers: Sequence[str], deg: Tensor) -> None:
+        super().__init__(channels, channels, list(aggregators), list(scalers), deg, edge_dim=None, towers=1)
+        self.film = Linear(channels, 2 * channels)
+        self.film.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "film"):  # PNAConv.__init__ resets before the FiLM layer exists
+            self.film.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:  # type: ignore[override]
+        pre = self.pre_nns[0][0]
+        weight_target, weight_source = pre.weight.split(self.F_in, dim=1)
+        target, source = F.linear(x, weight_target, pre.bias), F.linear(x, weight_source)
+        # propagate_type: (target: Tensor, source: Tensor, edge_attr: Tensor)
+        aggregated = self.propagate(edge_index, target=target, source=source, edge_attr=edge_attr)
+        return self.lin(self.post_nns[0](torch.cat([x, aggregated], dim=-1)))
+
+    def message(self, target_i: Tensor, source_j: Tensor, edge_attr: Tensor) -> Tensor:  # type: ignore[override]
+        scale, shift = self.film(edge_attr).chunk(2, dim=-1)
+        return scale * (target_i + source_j) + shift
+
+
+class EdgeUpdate(nn.Module):
+    """``e' = W_out silu(W_e e + W_s x_source + W_t x_target)``; the node terms are computed per node.
+
+    Shapes:
+        - input: node embeddings ``(N, C)``, ``edge_index`` ``(2, E)``, edge embeddings ``(E, C)``
+        - output: edge embeddings ``(E, C)``
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.lin_edge = Linear(channels, channels)
+        self.lin_source = Linear(channels, channels, bias=False)
+        self.lin_target = Linear(channels, channels, bias=False)
+        self.lin_out = Linear(channels, channels)
+
+    def reset_parameters(self) -> None:
+        for lin in (self.lin_edge, self.lin_source, self.lin_target, self.lin_out):
+            lin.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        source, target = edge_index
+        hidden = self.lin_edge(edge_attr) + self.lin_source(x)[source] + self.lin_target(x)[target]
+        return self.lin_out(F.silu(hidden))
+
+
+class LayerPositionEmbedding(nn.Module):
+    """Learned position embeddings of a neural graph's nodes, initialised sinusoidally.
+
+    One row per input neuron, one shared by all neurons of each hidden layer (so hidden neurons stay
+    interchangeable) and one per output neuron, from three fixed blocks of one table: a graph of any width
+    or depth within the limits finds its rows.
+
+    Shapes:
+        - input: a :class:`~lightning_l2o.graphs.NeuralGraph` with ``N`` nodes
+        - output: ``(N, C)``
+    """
+
+    def __init__(self, channels: int, max_inputs: int, max_hidden_layers: int, max_outputs: int) -> None:
+        super().__init__()
+        self.max_inputs, self.max_hidden_layers, self.max_outputs = max_inputs, max_hidden_layers, max_outputs
+        self.weight = nn.Parameter(torch.empty(max_inputs + max_hidden_layers + max_outputs, channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        rows, channels = self.weight.shape
+        position = torch.arange(rows, dtype=torch.float)[:, None]
+        frequency = torch.exp(-math.log(10000.0) * torch.arange(0, channels, 2, dtype=torch.float) / channels)
+        with torch.no_grad():
+            self.weight[:, 0::2] = torch.sin(position * frequency)
+            self.weight[:, 1::2] = torch.cos(position * frequency)[:, : channels // 2]
+
+    def positions(self, graph: NeuralGraph) -> Tensor:
+        """``(N,)`` row of each node: its index among the inputs or outputs, or its hidden layer's row."""
+        layout = graph.layer_layout
+        hidden = len(layout) - 2
+        if layout[0] > self.max_inputs or layout[-1] > self.max_outputs or hidden > self.max_hidden_layers:
+            raise ConfigError(
+                f"the optimizee has {layout[0]} inputs, {hidden} hidden layers and {layout[-1]} outputs; this GNN's "
+                f"position embeddings cover up to max_inputs={self.max_inputs}, max_hidden_layers="
+                f"{self.max_hidden_layers}, max_outputs={self.max_outputs} (meta-train one with larger limits)")
+        layer, index = graph.node_layer, graph.node_index
+        output_rows = self.max_inputs + self.max_hidden_layers + index
+        return torch.where(layer == 0, index, torch.where(layer == hidden + 1, output_rows, self.max_inputs + layer - 1))
+
+    def forward(self, graph: NeuralGraph) -> Tensor:
+        return self.weight[self.positions(graph)]

@@ -1,0 +1,140 @@
+"""The PNA meta-optimizer on neural graphs (Kofinas et al. 2024, ``pna_noscale``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.dense.linear import Linear
+from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
+
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
+from lightning_l2o.meta_optimizers.base import State, check_positive
+from lightning_l2o.meta_optimizers.ff import PerParameterMLP
+from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, LayerPositionEmbedding
+from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
+from lightning_l2o.params import ParamSpace
+
+TASK_17_LAYOUT = (1, 16, 32, 32, 10)
+
+
+def degree_histogram(layer_layout: Sequence[int]) -> Tensor:
+    """In-degree histogram of a neural graph with reverse edges: a node of layer ``l`` hears layers ``l -+ 1``."""
+    widths = list(layer_layout)
+    degrees = [(widths[i - 1] if i > 0 else 0) + (widths[i + 1] if i + 1 < len(widths) else 0)
+               for i in range(len(widths))]
+    return torch.bincount(torch.repeat_interleave(torch.tensor(degrees), torch.tensor(widths)))
+
+
+def _readout(channels: int) -> nn.Sequential:
+    return nn.Sequential(Linear(channels, channels), nn.ReLU(), Linear(channels, channels))
+
+
+class PNANetwork(nn.Module):
+    """PNA over a neural graph: per-parameter features in, an embedding per edge (weight kernel) and node out.
+
+    Input projections: each edge's padded kernel features ``(K*K*F)`` go to a forward-edge and a reverse-edge
+    embedding (the projection of ``[E, E^T, E + E^T]``, which for a forward edge is ``[e, 0, e]`` and for its
+    reverse ``[0, e, e]``, folded into one product); bias features ``(F)`` go to node embeddings, plus layer
+    position embeddings. Then ``num_layers`` :class:`FiLMPNAConv` layers, each but the last followed by a
+    node-wise layer norm, SiLU and an :class:`EdgeUpdate`; read-out MLPs on edges and nodes.
+
+    Shapes:
+        - input: per-parameter features ``(n, F)``, a :class:`~lightning_l2o.graphs.NeuralGraph` with ``E``
+          (forward) edges and ``N`` nodes
+        - output: forward-edge embeddings ``(E, C)``, node embeddings ``(N, C)``
+    """
+
+    def __init__(
+        self, in_features: int, channels: int, num_layers: int, aggregators: Sequence[str], scalers: Sequence[str],
+        deg: Tensor, kernel_size: int, max_inputs: int, max_hidden_layers: int, max_outputs: int,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.edge_in = Linear(kernel_size**2 * in_features, 2 * channels)
+        self.node_in = Linear(in_features, channels)
+        self.positions = LayerPositionEmbedding(channels, max_inputs, max_hidden_layers, max_outputs)
+        self.convs = nn.ModuleList(FiLMPNAConv(channels, aggregators, scalers, deg) for _ in range(num_layers))
+        self.norms = nn.ModuleList(
+            normalization_resolver("layer_norm", channels, mode="node") for _ in range(num_layers - 1))
+        self.edge_updates = nn.ModuleList(EdgeUpdate(channels) for _ in range(num_layers - 1))
+        self.act = activation_resolver("silu")
+        self.edge_out, self.node_out = _readout(channels), _readout(channels)
+
+    def reset_parameters(self) -> None:
+        for module in (self.edge_in, self.node_in, self.positions, *self.convs, *self.norms, *self.edge_updates):
+            module.reset_parameters()
+        for readout in (self.edge_out, self.node_out):
+            for layer in readout:
+                if isinstance(layer, Linear):
+                    layer.reset_parameters()
+
+    def forward(self, features: Tensor, graph: NeuralGraph) -> tuple[Tensor, Tensor]:
+        if graph.kernel_size != self.kernel_size:
+            raise ConfigError(f"the neural graph pads kernels to {graph.kernel_size}x{graph.kernel_size} but this PNA "
+                              f"reads {self.kernel_size}x{self.kernel_size}; build the graph with "
+                              f"kernel_size={self.kernel_size}")
+        edge_features, node_features = graph.to_graph(features)
+        edge_attr = torch.cat(self.edge_in(edge_features).chunk(2, dim=-1))
+        edge_index = graph.bidirectional_edge_index
+        x = self.node_in(node_features) + self.positions(graph)
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            x = conv(x, edge_index, edge_attr)
+            if i < last:
+                x = self.act(self.norms[i](x))
+                edge_attr = self.edge_updates[i](x, edge_index, edge_attr)
+        return self.edge_out(edge_attr[: graph.num_edges]), self.node_out(x)
+
+
+class PNAMetaOptimizer(PerParameterOptimizer):
+    """PNA on the optimizee's neural graph; each parameter's update from its edge's (or bias node's) embedding.
+
+    The embedding of a weight's edge (a bias's node) is concatenated with the parameter's own features and a
+    per-parameter MLP gives ``(a, b)``; ``delta = lr a exp(exp_scale b)`` as in FF. Reference setting
+    (``pna_noscale``): ``hidden_dim=64, num_layers=8``, the read-out MLP as deep as the GNN.
+
+    Args:
+        features: per-parameter feature set (``kofinas``: 14 features).
+        hidden_dim: node / edge embedding size and the read-out MLP's width.
+        num_layers: message-passing layers.
+        head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
+        lr, exp_scale: as in :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`.
+        aggregators, scalers: PNA's aggregators and degree scalers.
+        degree_layout: layer widths of the graph whose degree histogram normalises the scalers (task 17).
+        kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
+        max_inputs, max_hidden_layers, max_outputs: size of the position-embedding table.
+    """
+
+    def __init__(
+        self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 8, head_layers: int | None = None,
+        lr: float | None = None, exp_scale: float | None = None,
+        aggregators: Sequence[str] = ("mean", "min", "max", "std"), scalers: Sequence[str] = ("identity", "amplification"),
+        degree_layout: Sequence[int] = TASK_17_LAYOUT, kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024,
+        max_hidden_layers: int = 32, max_outputs: int = 1024,
+    ) -> None:
+        head_layers = num_layers if head_layers is None else head_layers
+        check_positive("PNAMetaOptimizer", head_layers=head_layers, kernel_size=kernel_size, max_inputs=max_inputs,
+                       max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
+        if len(degree_layout) < 2 or min(degree_layout) < 1:
+            raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got {degree_layout}")
+        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, head_layers=head_layers,
+                         aggregators=list(aggregators), scalers=list(scalers), degree_layout=list(degree_layout),
+                         kernel_size=kernel_size, max_inputs=max_inputs, max_hidden_layers=max_hidden_layers,
+                         max_outputs=max_outputs)
+        num_features = self.features.num_features
+        self.network = PNANetwork(num_features, hidden_dim, num_layers, aggregators, scalers,
+                                  degree_histogram(degree_layout), kernel_size, max_inputs, max_hidden_layers, max_outputs)
+        self.head = PerParameterMLP(hidden_dim + num_features, hidden_dim, head_layers)
+
+    @property
+    def name(self) -> str:
+        return "pna"
+
+    def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+        graph = space.require_graph(type(self).__name__)
+        edge_embeddings, node_embeddings = self.network(features, graph)
+        per_parameter = graph.to_params(edge_embeddings, node_embeddings)
+        return self.head(torch.cat([per_parameter, features], dim=1)), {}

@@ -35,7 +35,9 @@ def _env(threads: int) -> dict[str, str]:
 
 
 def last_checkpoint(method: str) -> Path:
-    return OUT / method / "version_0" / "checkpoints" / "last.ckpt"
+    """The method's newest ``last.ckpt`` (the logger names the run folder ``0`` or ``version_0``)."""
+    found = sorted((OUT / method).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else OUT / method / "0" / "checkpoints" / "last.ckpt"
 
 
 def fit(methods: list[str], outer_steps: int, resume: bool) -> None:

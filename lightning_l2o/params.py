@@ -113,8 +113,8 @@ class ParamSpace:
         from lightning_l2o.graphs import NeuralGraph
 
         if self.module is None:
-            return ConfigError("this optimizer was given bare parameters, but it reads the model's structure "
-                               "(its neural graph): pass the nn.Module itself, e.g. "
+            return ConfigError("the optimizee is a bare parameter vector with no nn.Module (parameters handed to "
+                               "the optimizer, or a task such as quadratic); pass the model itself, e.g. "
                                "load_learned_optimizer(ckpt, model) or LearnedOptimizer(model, rule)")
         try:
             return NeuralGraph.from_module(self.module, device=self.device)

@@ -19,7 +19,7 @@ class PerParameterMLP(nn.Module):
         widths = [in_features] + [hidden_dim] * num_layers
         layers: list[nn.Module] = []
         for w_in, w_out in itertools.pairwise(widths):
-            layers += [nn.Linear(w_in, w_out), nn.ReLU()]
+            layers += [nn.Linear(w_in, w_out), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
 
     def reset_parameters(self) -> None:
@@ -29,6 +29,17 @@ class PerParameterMLP(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features)
+
+    def forward_shared(self, shared: Tensor, index: Tensor, features: Tensor) -> Tensor:
+        """``forward(cat([shared[index], features], 1))`` with the first layer applied to the ``R`` shared rows.
+
+        ``shared``: ``(R, D)`` rows that many coordinates share (e.g. a GNN's edge embeddings), ``index``: ``(n,)``
+        row of each coordinate, ``features``: ``(n, F)``; returns ``(n, 2)``.
+        """
+        first = self.net[0]
+        weight_shared, weight_own = first.weight.split([shared.shape[1], features.shape[1]], dim=1)
+        hidden = (shared @ weight_shared.T)[index] + nn.functional.linear(features, weight_own, first.bias)
+        return self.net[1:](hidden)
 
 
 class FFMetaOptimizer(PerParameterOptimizer):

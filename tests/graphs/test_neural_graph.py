@@ -123,5 +123,5 @@ def test_param_space_is_built_once_per_architecture_and_the_graph_once_per_space
 def test_param_space_of_bare_parameters_has_no_graph_and_says_to_pass_the_module():
     space = ParamSpace.of_layout(ParamLayout(("0",), (torch.Size([3]),)))
     assert space.graph is None
-    with pytest.raises(ConfigError, match="pass the nn.Module"):
+    with pytest.raises(ConfigError, match="pass the model itself"):
         space.require_graph("PNA")

@@ -54,7 +54,7 @@ class FiLMPNAConv(PNAConv):
 
     def message(self, target_i: Tensor, source_j: Tensor, edge_attr: Tensor) -> Tensor:  # type: ignore[override]
         scale, shift = self.film(edge_attr).chunk(2, dim=-1)
-        return scale * (target_i + source_j) + shift
+        return torch.addcmul(shift, scale, target_i + source_j)
 
 
 class EdgeUpdate(nn.Module):

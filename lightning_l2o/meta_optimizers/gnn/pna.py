@@ -136,5 +136,5 @@ class PNAMetaOptimizer(PerParameterOptimizer):
     def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         graph = space.require_graph(type(self).__name__)
         edge_embeddings, node_embeddings = self.network(features, graph)
-        per_parameter = graph.to_params(edge_embeddings, node_embeddings)
-        return self.head(torch.cat([per_parameter, features], dim=1)), {}
+        shared = torch.cat([edge_embeddings, node_embeddings])  # rows of graph.param_owner (NeuralGraph.to_params)
+        return self.head.forward_shared(shared, graph.param_owner, features), {}

@@ -1,0 +1,229 @@
+"""PNA on neural graphs: forward and backward, equivariance, any architecture, deployment on a user's module."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from lightning_l2o import FFMetaOptimizer, L2OModule, PNAMetaOptimizer, load_learned_optimizer
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.meta_optimizers import MetaOptimizer, State
+from lightning_l2o.meta_optimizers.gnn import degree_histogram
+from lightning_l2o.optim import LearnedOptimizer
+from lightning_l2o.params import ParamLayout, ParamSpace
+from lightning_l2o.tasks import TaskSpec
+from lightning_l2o.tasks.classifier import ConvNet
+from lightning_l2o.tasks.presets import PRESETS
+from tests.conftest import tiny_datamodule, tiny_trainer
+
+
+def small_pna(**kwargs) -> PNAMetaOptimizer:
+    torch.manual_seed(0)
+    return PNAMetaOptimizer(**{"hidden_dim": 16, "num_layers": 3, "max_inputs": 800, **kwargs})
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def cnn() -> nn.Module:
+    return ConvNet(2, [3, 4], [2, 1], num_classes=3)
+
+
+def flat(model: nn.Module) -> Tensor:
+    return ParamLayout.flatten([p.detach() for p in model.parameters()])
+
+
+def run_rule(rule: MetaOptimizer, space: ParamSpace, params: Tensor, grads: list[Tensor]) -> Tensor:
+    state = rule.init_state(params, space)
+    with torch.no_grad():
+        for g in grads:
+            params, state, _ = rule(params, g, torch.tensor(1.0), state, space, rule.lr)
+    return params
+
+
+def permute_hidden(layer: nn.Module, following: nn.Module, perm: Tensor) -> None:
+    """Reorder ``layer``'s output neurons (channels) and ``following``'s inputs alike: the same function."""
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight[perm])
+        layer.bias.copy_(layer.bias[perm])
+        following.weight.copy_(following.weight[:, perm])
+
+
+def permutation_error(rule: MetaOptimizer, model: nn.Module, pairs: list[tuple[str, str]]) -> float:
+    """Max |update(permuted params) - permuted(update(params))| over 3 steps, hidden neurons permuted at ``pairs``."""
+    space = ParamSpace.of_module(model)
+    indexed = copy.deepcopy(model)
+    with torch.no_grad():
+        offset = 0
+        for p in indexed.parameters():
+            p.copy_(torch.arange(offset, offset + p.numel(), dtype=p.dtype).view_as(p))
+            offset += p.numel()
+    generator = torch.Generator().manual_seed(3)
+    for first, second in pairs:
+        layer, following = indexed.get_submodule(first), indexed.get_submodule(second)
+        permute_hidden(layer, following, torch.randperm(layer.weight.shape[0], generator=generator))
+    index = flat(indexed).long()
+    assert not torch.equal(index, torch.arange(len(index)))
+    torch.manual_seed(1)
+    params = flat(model)
+    grads = [torch.randn_like(params) for _ in range(3)]
+    plain = run_rule(rule, space, params, grads)
+    permuted = run_rule(rule, space, params[index], [g[index] for g in grads])
+    return float((permuted - plain[index]).abs().max() / plain.abs().max())
+
+
+class FlatVectorRule(MetaOptimizer):
+    """Not equivariant: a linear map over the whole flattened gradient."""
+
+    lr = 0.01
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n=n)
+        self.mix = nn.Linear(n, n)
+
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
+        return {}
+
+    def forward(self, params, grads, loss, state, space, lr):
+        return params - lr * self.mix(grads), state, {}
+
+
+def test_forward_and_backward_on_a_tiny_graph_reach_every_weight():
+    rule = small_pna()
+    model = mlp()
+    space = ParamSpace.of_module(model)
+    params = flat(model).requires_grad_()
+    grads = torch.randn_like(params)
+    new, state, info = rule(params, grads, torch.tensor(1.0), rule.init_state(params.detach(), space), space, rule.lr)
+    assert new.shape == params.shape and torch.isfinite(new).all() and info["update_rms"] > 0
+    new.square().sum().backward()
+    assert params.grad is not None and params.grad.abs().sum() > 0
+    for name, weight in rule.named_parameters():
+        assert weight.grad is not None and weight.grad.abs().sum() > 0, name
+    assert set(state) == {"momenta"}  # the graph lives in the space, not in the state
+
+
+@pytest.mark.parametrize(("make_model", "pairs"), [
+    (mlp, [("0", "2"), ("2", "4")]),
+    (cnn, [("features.0", "features.2"), ("features.2", "classifier")]),
+], ids=["mlp", "cnn"])
+def test_permuting_hidden_neurons_permutes_the_update(make_model, pairs):
+    assert permutation_error(small_pna(), make_model(), pairs) < 1e-5
+    assert permutation_error(PNAMetaOptimizer(), make_model(), pairs) < 1e-5  # the reference size
+
+
+def test_the_equivariance_test_fails_for_a_rule_over_the_flat_vector():
+    model = mlp()
+    torch.manual_seed(0)
+    rule = FlatVectorRule(sum(p.numel() for p in model.parameters()))
+    assert permutation_error(rule, model, [("0", "2")]) > 1e-3
+
+
+def test_degree_histogram_counts_fan_in_with_reverse_edges():
+    # layout [1, 16, 32, 32, 10]: input 16, hidden 1+32, 16+32, 32+10, output 32
+    hist = degree_histogram([1, 16, 32, 32, 10])
+    assert hist[16] == 1 and hist[33] == 16 and hist[48] == 32 and hist[42] == 32 and hist[32] == 10
+    assert int(hist.sum()) == 91
+
+
+def _preset_module(name: str) -> nn.Module:
+    preset = PRESETS[name]
+    in_channels = 3 if preset["dataset"] == "cifar10" else 1
+    return ConvNet(in_channels, preset["arch"]["channels"], preset["arch"]["strides"], 10)
+
+
+def _mlp_on(inputs: int, hidden: list[int]) -> nn.Module:
+    widths = [inputs, *hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], 10))
+
+
+ARCHITECTURES = {
+    **{name: (lambda name=name: _preset_module(name)) for name in PRESETS if name.startswith(("fashion_mnist", "cifar10"))},
+    "mlp-digits": lambda: _mlp_on(64, [32]),
+    "mlp-mnist": lambda: _mlp_on(784, [64, 32]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_one_pna_runs_on_every_width_depth_dataset_and_mlp(name):
+    rule = small_pna()  # one set of weights, sized for task 17's degree histogram
+    model = ARCHITECTURES[name]()
+    space = ParamSpace.of_module(model)
+    params = flat(model)
+    new = run_rule(rule, space, params, [torch.randn_like(params)])
+    assert torch.isfinite(new).all() and not torch.equal(new, params)
+
+
+def test_bare_parameters_are_refused_with_the_fix_and_per_parameter_rules_accept_them():
+    model = mlp()
+    model(torch.randn(2, 4)).sum().backward()
+    with pytest.raises(ConfigError, match="pass the model itself"):
+        LearnedOptimizer(model.parameters(), small_pna()).step()
+    LearnedOptimizer(model.parameters(), FFMetaOptimizer()).step()
+
+
+@pytest.fixture(scope="module")
+def pna_checkpoint(tmp_path_factory):
+    """A PNA meta-trained for 2 outer steps on regression tasks (a Linear optimizee)."""
+    root = tmp_path_factory.mktemp("pna")
+    regression = TaskSpec("regression", arch={"inputs": 4}, batch_size=16, horizon=6)
+    datamodule = tiny_datamodule(train_tasks=[regression], val_tasks=[regression], test_tasks=[regression],
+                                 unroll_length=3)
+    pl.seed_everything(0, verbose=False)
+    trainer = tiny_trainer(root, max_steps=2)
+    trainer.fit(L2OModule(small_pna()), datamodule)
+    path = root / "pna.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_deployed_pna_on_a_nested_sequential_equals_the_rule_in_a_plain_loop(pna_checkpoint):
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU()), nn.Sequential(nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(3, 2)))
+    optimizer = load_learned_optimizer(pna_checkpoint, model)
+    rule, space = optimizer.update_rule, ParamSpace.of_module(model)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 2, (8,))
+    expected, state = flat(model), None
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        grads = ParamLayout.flatten([p.grad for p in model.parameters()])
+        with torch.no_grad():
+            state = rule.init_state(expected, space) if state is None else state
+            expected, state, _ = rule(expected, grads, loss.detach(), state, space, rule.lr)
+        optimizer.step()
+        torch.testing.assert_close(flat(model), expected)
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, ckpt) -> None:
+        super().__init__()
+        self.ckpt = ckpt
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss_fn(self.net(x), y)
+
+    def configure_optimizers(self):
+        return load_learned_optimizer(self.ckpt, self)
+
+
+def test_deployed_pna_trains_a_lightning_module_passing_self(pna_checkpoint):
+    module = Classifier(pna_checkpoint)
+    before = flat(module)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    after = flat(module)
+    assert torch.isfinite(after).all() and not torch.equal(after, before)

@@ -128,6 +128,17 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         self.network = PNANetwork(num_features, hidden_dim, num_layers, aggregators, scalers,
                                   degree_histogram(degree_layout), kernel_size, max_inputs, max_hidden_layers, max_outputs)
         self.head = PerParameterMLP(hidden_dim + num_features, hidden_dim, head_layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default init, but He init for the read-out's hidden layers: with the default, 8 ReLU layers
+        shrink the input's signal ~10^4-fold and every parameter gets nearly the same update."""
+        self.network.reset_parameters()
+        self.head.reset_parameters()
+        for layer in self.head.net[:-1]:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
 
     @property
     def name(self) -> str:

@@ -1,0 +1,183 @@
+"""PNA against FF: meta-training inner step, peak memory, deployed step and achieved GFLOP/s (one CPU thread).
+
+    L2O_DATA_DIR=../shared/data python benchmarks/pna_speed.py
+
+1. Meta-training inner step (the reference's one-step lookahead on the same batch, parameters detached after
+   the step: the optimizee's forward and backward, the rule's forward, the lookahead loss and the backward
+   through the rule) on task 17 and on ``fashion_mnist-width128``; PNA and FF interleaved in one process,
+   min / median over repeats.
+2. Peak memory of those inner steps: each (rule, task) in a fresh subprocess, peak RSS after the steps minus
+   the RSS once imports, the task and the rule are built.
+3. Deployed ``optimizer.step()`` on a 1.07M-parameter MLP (784-1024-256-10), against ``torch.optim.Adam``.
+4. FLOPs of the rule's forward and backward on task 17 (``torch.utils.flop_counter``), divided by its time:
+   achieved GFLOP/s, beside this machine's fp32 matmul GFLOP/s (1024^3 ``mm``).
+Writes ``benchmarks/results/pna_speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer  # noqa: E402
+from lightning_l2o.tasks import TaskSpec  # noqa: E402
+from lightning_l2o.unroll import InnerState, unroll  # noqa: E402
+
+RULES = {"ff": FFMetaOptimizer, "pna": PNAMetaOptimizer}
+TASKS = ("17", "fashion_mnist-width128")
+
+
+def inner_step(rule: nn.Module, state: InnerState) -> InnerState:
+    """One meta-training inner step with its meta-gradient (lookahead, same batch, window 1)."""
+    result = unroll(rule, state.detached(), 1, "lookahead", "same")
+    result.meta_loss.backward()
+    return result.state
+
+
+def inner_step_times(preset: str, repeats: int) -> dict[str, list[float]]:
+    spec = TaskSpec(preset=preset, horizon=1000)
+    rules = {name: cls() for name, cls in RULES.items()}
+    states = {name: inner_step(rule, InnerState.start(spec, rule)) for name, rule in rules.items()}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in rules}
+    for _ in range(repeats):
+        for name, rule in rules.items():
+            start = time.perf_counter()
+            states[name] = inner_step(rule, states[name])
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_child(name: str, preset: str, steps: int) -> None:
+    torch.set_num_threads(1)
+    rule = RULES[name]()
+    state = InnerState.start(TaskSpec(preset=preset, horizon=1000), rule)
+    baseline = _rss_mib()
+    for _ in range(steps):
+        state = inner_step(rule, state)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"baseline_mib": baseline, "added_mib": peak - baseline}))
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def peak_memory(name: str, preset: str, steps: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", name, preset, str(steps)], check=True,
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def deployed_step_times(repeats: int) -> tuple[int, dict[str, list[float]]]:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 256), nn.ReLU(),
+                          nn.Linear(256, 10))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizers = {"torch.optim.Adam": torch.optim.Adam(model.parameters(), lr=1e-3),
+                  "ff": LearnedOptimizer(model, FFMetaOptimizer()), "pna": LearnedOptimizer(model, PNAMetaOptimizer())}
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for i in range(repeats + 1):
+        for name, optimizer in optimizers.items():
+            start = time.perf_counter()
+            optimizer.step(0.0) if isinstance(optimizer, LearnedOptimizer) else optimizer.step()
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return sum(p.numel() for p in model.parameters()), times
+
+
+def rule_gflops(repeats: int) -> dict[str, tuple[float, list[float]]]:
+    """GFLOP of each rule's forward + backward (features -> outputs) on task 17, and its times."""
+    state = InnerState.start(TaskSpec(preset="17"), RULES["ff"]())
+    space, n = state.task.space, state.task.space.numel
+    features = torch.randn(n, 14)
+    results = {}
+    for name, cls in RULES.items():
+        rule = cls()
+
+        def run(rule=rule) -> None:
+            outputs, _ = rule.network_step(features, {}, space)
+            outputs.sum().backward()
+
+        run()
+        with FlopCounterMode(display=False) as counter:
+            run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        results[name] = (counter.get_total_flops() / 1e9, times)
+    return results
+
+
+def matmul_gflops(repeats: int = 10) -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * 1024**3 / min(times) / 1e9
+
+
+def _ms(values: list[float]) -> str:
+    return f"{1e3 * min(values):.1f} / {1e3 * statistics.median(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--wide-repeats", type=int, default=3)
+    parser.add_argument("--memory-child", nargs=3, metavar=("RULE", "PRESET", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("L2O_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    if args.memory_child:
+        name, preset, steps = args.memory_child
+        return peak_memory_child(name, preset, int(steps))
+    lines = [f"torch {torch.__version__}, 1 CPU thread; times in ms as min / median", "",
+             "| meta-training inner step | FF | PNA | PNA / FF (median) | FF added peak RSS (MiB) | "
+             "PNA added peak RSS (MiB) |", "|---|---|---|---|---|---|"]
+    for preset in TASKS:
+        times = inner_step_times(preset, args.repeats if preset == "17" else args.wide_repeats)
+        memory = {name: peak_memory(name, preset, 3) for name in RULES}
+        ratio = statistics.median(times["pna"]) / statistics.median(times["ff"])
+        lines.append(f"| {preset} | {_ms(times['ff'])} | {_ms(times['pna'])} | {ratio:.2f} | "
+                     f"{memory['ff']['added_mib']:.0f} | {memory['pna']['added_mib']:.0f} |")
+        print(lines[-1], flush=True)
+    n, times = deployed_step_times(args.repeats)
+    adam = statistics.median(times["torch.optim.Adam"])
+    lines += ["", f"| deployed step, MLP with {n:,} parameters | ms | × Adam (median) |", "|---|---|---|"]
+    lines += [f"| {name} | {_ms(t)} | {statistics.median(t) / adam:.0f} |" for name, t in times.items()]
+    peak = matmul_gflops()
+    lines += ["", f"| rule forward + backward on task 17 | GFLOP | ms | GFLOP/s (best) | of fp32 matmul "
+              f"({peak:.0f} GFLOP/s) |", "|---|---|---|---|---|"]
+    for name, (gflop, t) in rule_gflops(args.repeats).items():
+        rate = gflop / min(t)
+        lines.append(f"| {name} | {gflop:.2f} | {_ms(t)} | {rate:.1f} | {100 * rate / peak:.0f} % |")
+    report = "\n".join(lines)
+    print(report)
+    out = REPO / "benchmarks" / "results" / "pna_speed.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

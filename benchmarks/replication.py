@@ -61,11 +61,12 @@ def fit(methods: list[str], outer_steps: int, resume: bool) -> None:
 
 def report(
     methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
-    name: str,
+    name: str, baselines: list[str],
 ) -> None:
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
-           "--val_seeds", str(val_seeds), "--checkpoints", str({m: str(last_checkpoint(m)) for m in methods})]
+           "--val_seeds", str(val_seeds), "--baselines", str(baselines),
+           "--checkpoints", str({m: str(last_checkpoint(m)) for m in methods})]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, env=_env(2), check=True)
 
@@ -85,11 +86,12 @@ def main() -> None:
     report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
     report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
     report_parser.add_argument("--name", default="report", help="output folder under benchmarks/results/replication")
+    report_parser.add_argument("--baselines", nargs="+", default=["adam", "adamw", "sgd_momentum"])
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.methods, args.outer_steps, args.resume)
     else:
-        report(args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name)
+        report(args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines)
 
 
 if __name__ == "__main__":

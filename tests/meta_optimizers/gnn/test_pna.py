@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import pytorch_lightning as pl
@@ -140,7 +141,7 @@ def _preset_module(name: str) -> nn.Module:
 def _mlp_on(inputs: int, hidden: list[int]) -> nn.Module:
     widths = [inputs, *hidden]
     layers: list[nn.Module] = [nn.Flatten()]
-    for a, b in zip(widths, widths[1:]):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers, nn.Linear(widths[-1], 10))
 

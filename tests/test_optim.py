@@ -5,7 +5,7 @@ from torch import nn
 
 from lightning_l2o import L2OModule, LearnedOptimizer, Opt2Vec, Opt2VecOptimizer, load_learned_optimizer
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamLayout, ParamSpace
 from tests.conftest import tiny_datamodule, tiny_trainer
 
 
@@ -63,9 +63,10 @@ def test_param_groups_use_their_own_lr_on_all_parameters_at_once():
     expected = []
     for group in optimizer.param_groups:
         flat = ParamLayout.flatten([p.detach() for p in group["params"]])
-        state = rule.init_state(flat, ParamLayout(("x",), (flat.shape,)))
+        space = ParamSpace.of_layout(ParamLayout(("x",), (flat.shape,)))
+        state = rule.init_state(flat, space)
         with torch.no_grad():
-            expected.append(rule(flat, torch.ones_like(flat), torch.tensor(2.0), state, group["lr"])[0])
+            expected.append(rule(flat, torch.ones_like(flat), torch.tensor(2.0), state, space, group["lr"])[0])
     optimizer.step(2.0)
     assert torch.allclose(a.detach().view(-1), expected[0]) and torch.allclose(b.detach(), expected[1])
 

@@ -90,9 +90,13 @@ class NeuralGraph:
         table = values.new_zeros(slots + self.num_nodes, values.shape[1]).index_copy(0, self.param_slot, values)
         return table[:slots].view(self.num_edges, -1), table[slots:]
 
+    def owner_table(self, edge_values: Tensor, node_values: Tensor) -> Tensor:
+        """Edge ``(E, D)`` and node ``(N, D)`` values -> ``(E + N, D)``: the rows that :attr:`param_owner` indexes."""
+        return torch.cat([edge_values, node_values])
+
     def to_params(self, edge_values: Tensor, node_values: Tensor) -> Tensor:
         """Edge ``(E, D)`` and node ``(N, D)`` values -> ``(n, D)``: each weight gets its edge's, each bias its node's."""
-        return torch.cat([edge_values, node_values])[self.param_owner]
+        return self.owner_table(edge_values, node_values)[self.param_owner]
 
     @classmethod
     def from_module(cls, module: nn.Module, kernel_size: int = DEFAULT_KERNEL_SIZE,

@@ -147,5 +147,5 @@ class PNAMetaOptimizer(PerParameterOptimizer):
     def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         graph = space.require_graph(type(self).__name__)
         edge_embeddings, node_embeddings = self.network(features, graph)
-        shared = torch.cat([edge_embeddings, node_embeddings])  # rows of graph.param_owner (NeuralGraph.to_params)
+        shared = graph.owner_table(edge_embeddings, node_embeddings)
         return self.head.forward_shared(shared, graph.param_owner, features), {}

@@ -15,13 +15,26 @@ from lightning_l2o.errors import ConfigError
 from lightning_l2o.graphs import NeuralGraph
 
 
+def compose(layer: Linear, projection: Linear | None) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``layer(projection(h))`` as one affine map of ``h`` (``layer``'s own if no projection).
+
+    Lets a consumer of projected edge embeddings run one product per edge instead of two: the ``(C, C)`` product
+    of the weights is computed once, not per edge.
+    """
+    if projection is None:
+        return layer.weight, layer.bias
+    return layer.weight @ projection.weight, torch.addmv(layer.bias, layer.weight, projection.bias)
+
+
 class FiLMPNAConv(PNAConv):
     """``PNAConv`` whose messages are modulated by the edge embedding, FiLM-style (Kofinas et al. 2024).
 
     ``m_ij = scale(e_ij) * W [x_i, x_j] + shift(e_ij)``, aggregated with ``aggregators`` x ``scalers``
     (:class:`~torch_geometric.nn.aggr.DegreeScalerAggregation`, normalised by the degree histogram ``deg``),
     then ``x_i' = lin(post([x_i, aggregate_i]))`` as in ``PNAConv``. ``W [x_i, x_j]`` is computed per node
-    and gathered per edge (it is linear), so only the FiLM projection runs per edge.
+    and gathered per edge (it is linear), so only the FiLM projection runs per edge. Edge embeddings may come
+    as ``edge_projection(edge_attr)`` (an :class:`EdgeUpdate`'s output); the projection is then folded into the
+    FiLM layer (:func:`compose`).
 
     Args:
         channels: node and edge embedding size ``C``.
@@ -30,7 +43,8 @@ class FiLMPNAConv(PNAConv):
         deg: in-degree histogram of the training graphs.
 
     Shapes:
-        - input: node embeddings ``(N, C)``, ``edge_index`` ``(2, E)``, edge embeddings ``(E, C)``
+        - input: node embeddings ``(N, C)``, ``edge_index`` ``(2, E)``, edge embeddings (or their
+          pre-projection values) ``(E, C)``
         - output: node embeddings ``(N, C)``
     """
 
@@ -44,25 +58,33 @@ class FiLMPNAConv(PNAConv):
         if hasattr(self, "film"):  # PNAConv.__init__ resets before the FiLM layer exists
             self.film.reset_parameters()
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_projection: Linear | None = None,
+    ) -> Tensor:
         pre = self.pre_nns[0][0]
         weight_target, weight_source = pre.weight.split(self.F_in, dim=1)
         target, source = F.linear(x, weight_target, pre.bias), F.linear(x, weight_source)
-        # propagate_type: (target: Tensor, source: Tensor, edge_attr: Tensor)
-        aggregated = self.propagate(edge_index, target=target, source=source, edge_attr=edge_attr)
+        film = F.linear(edge_attr, *compose(self.film, edge_projection))
+        # propagate_type: (target: Tensor, source: Tensor, film: Tensor)
+        aggregated = self.propagate(edge_index, target=target, source=source, film=film)
         return self.lin(self.post_nns[0](torch.cat([x, aggregated], dim=-1)))
 
-    def message(self, target_i: Tensor, source_j: Tensor, edge_attr: Tensor) -> Tensor:  # type: ignore[override]
-        scale, shift = self.film(edge_attr).chunk(2, dim=-1)
+    def message(self, target_i: Tensor, source_j: Tensor, film: Tensor) -> Tensor:  # type: ignore[override]
+        scale, shift = film.chunk(2, dim=-1)
         return torch.addcmul(shift, scale, target_i + source_j)
 
 
 class EdgeUpdate(nn.Module):
-    """``e' = W_out silu(W_e e + W_s x_source + W_t x_target)``; the node terms are computed per node.
+    """``e' = lin_out(h)``, ``h = silu(W_e e + W_s x_source + W_t x_target)``; the node terms run per node.
+
+    ``forward`` returns ``h``: the affine ``lin_out`` is left to the consumers of ``e'``, which fold it into
+    their own first product (:func:`compose`), one product per edge fewer. ``e`` itself may come as
+    ``edge_projection(edge_attr)`` the same way.
 
     Shapes:
-        - input: node embeddings ``(N, C)``, ``edge_index`` ``(2, E)``, edge embeddings ``(E, C)``
-        - output: edge embeddings ``(E, C)``
+        - input: node embeddings ``(N, C)``, ``edge_index`` ``(2, E)``, edge embeddings (or their
+          pre-projection values) ``(E, C)``
+        - output: ``h`` ``(E, C)``
     """
 
     def __init__(self, channels: int) -> None:
@@ -76,10 +98,10 @@ class EdgeUpdate(nn.Module):
         for lin in (self.lin_edge, self.lin_source, self.lin_target, self.lin_out):
             lin.reset_parameters()
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_projection: Linear | None = None) -> Tensor:
         source, target = edge_index
-        hidden = self.lin_edge(edge_attr) + self.lin_source(x)[source] + self.lin_target(x)[target]
-        return self.lin_out(F.silu(hidden))
+        hidden = F.linear(edge_attr, *compose(self.lin_edge, edge_projection))
+        return F.silu(hidden + self.lin_source(x)[source] + self.lin_target(x)[target])
 
 
 class LayerPositionEmbedding(nn.Module):

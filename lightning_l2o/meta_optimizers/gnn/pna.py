@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
@@ -13,7 +14,7 @@ from lightning_l2o.errors import ConfigError
 from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
 from lightning_l2o.meta_optimizers.base import State, check_positive
 from lightning_l2o.meta_optimizers.ff import PerParameterMLP
-from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, LayerPositionEmbedding
+from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, LayerPositionEmbedding, compose
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.params import ParamSpace
 
@@ -39,7 +40,8 @@ class PNANetwork(nn.Module):
     embedding (the projection of ``[E, E^T, E + E^T]``, which for a forward edge is ``[e, 0, e]`` and for its
     reverse ``[0, e, e]``, folded into one product); bias features ``(F)`` go to node embeddings, plus layer
     position embeddings. Then ``num_layers`` :class:`FiLMPNAConv` layers, each but the last followed by a
-    node-wise layer norm, SiLU and an :class:`EdgeUpdate`; read-out MLPs on edges and nodes.
+    node-wise layer norm, SiLU and an :class:`EdgeUpdate` (whose output projection is folded into the next
+    layer's edge products and the edge read-out); read-out MLPs on edges and nodes.
 
     Shapes:
         - input: per-parameter features ``(n, F)``, a :class:`~lightning_l2o.graphs.NeuralGraph` with ``E``
@@ -80,13 +82,16 @@ class PNANetwork(nn.Module):
         edge_attr = torch.cat(self.edge_in(edge_features).chunk(2, dim=-1))
         edge_index = graph.bidirectional_edge_index
         x = self.node_in(node_features) + self.positions(graph)
+        edge_projection: Linear | None = None  # the edge embeddings are edge_projection(edge_attr)
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
-            x = conv(x, edge_index, edge_attr)
+            x = conv(x, edge_index, edge_attr, edge_projection)
             if i < last:
                 x = self.act(self.norms[i](x))
-                edge_attr = self.edge_updates[i](x, edge_index, edge_attr)
-        return self.edge_out(edge_attr[: graph.num_edges]), self.node_out(x)
+                edge_attr = self.edge_updates[i](x, edge_index, edge_attr, edge_projection)
+                edge_projection = self.edge_updates[i].lin_out
+        first = F.linear(edge_attr[: graph.num_edges], *compose(self.edge_out[0], edge_projection))
+        return self.edge_out[1:](first), self.node_out(x)
 
 
 class PNAMetaOptimizer(PerParameterOptimizer):

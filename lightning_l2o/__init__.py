@@ -1,5 +1,6 @@
 """lightning-l2o: learned optimizers meta-trained and meta-tested with PyTorch Lightning."""
 
+from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.meta_optimizers import (
     Adam,
     FFMetaOptimizer,
@@ -10,7 +11,7 @@ from lightning_l2o.meta_optimizers import (
     SGDMomentum,
 )
 from lightning_l2o.module import L2OModule
-from lightning_l2o.optim import LearnedOptimizer, Opt2VecOptimizer, load_learned_optimizer, load_meta_optimizer
+from lightning_l2o.optim import LearnedOptimizer, Opt2VecOptimizer, load_learned_optimizer
 
 __all__ = [
     "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "PNAMetaOptimizer", "SGDMomentum",

@@ -2,27 +2,59 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datamodules import TaskDataModule
+from lightning_l2o.checkpoints import read_checkpoint
 from lightning_l2o.errors import config_errors_exit
 from lightning_l2o.module import L2OModule
 
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # resolved by Lightning to its own files
+
+
+class L2OCLI(LightningCLI):
+    """``LightningCLI`` where the config given is the one source of truth for a resumed or tested run.
+
+    Stock ``LightningCLI`` merges the hyperparameters stored in ``--ckpt_path`` into the config (which builds
+    whatever class the file names and lets it silently override the config). Here the checkpoint is only
+    checked to be a readable ``fit`` checkpoint (and Lightning reads it weights-only unless
+    ``--weights_only=false`` is given); the module then refuses it if its meta-optimizer differs from the
+    config's, while the run's own settings (tasks, baselines, lr grid, trainer) come from the config.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if config.get("weights_only") is None:
+            config["weights_only"] = True
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
+            read_checkpoint(ckpt_path)
+
 
 def main(args: list[str] | None = None) -> LightningCLI | None:
-    """Run the CLI; a :class:`ConfigError` is printed as one line and exits with status 2."""
+    """Run the CLI; a :class:`ConfigError` is printed as one line and exits with status 2, SIGTERM with 143."""
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset` has `__len__` defined.*")
     # Checkpoints hold the state after each outer step, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-    with config_errors_exit():
-        return LightningCLI(
-            L2OModule,
-            TaskDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+    try:
+        with config_errors_exit():
+            return L2OCLI(
+                L2OModule,
+                TaskDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                args=args,
+            )
+    except SIGTERMException:
+        print("stopped by SIGTERM; last.ckpt holds the last completed outer step (resume with --ckpt_path)",
+              file=sys.stderr)
+        sys.exit(143)

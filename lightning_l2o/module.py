@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from lightning_l2o.checkpoints import CHECKPOINT_KEY, FinalCheckpoint, check_compatible, meta_optimizer_config
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.evaluation import DIVERGENCE_FACTOR, Trajectory, best_lrs, grid_search, meta_test, summarize
@@ -17,8 +17,6 @@ from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.baselines import BASELINES
 from lightning_l2o.tasks import Segment, TaskSpec
 from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss
-
-CHECKPOINT_KEY = "lightning_l2o"
 
 
 class L2OModule(pl.LightningModule):
@@ -92,6 +90,9 @@ class L2OModule(pl.LightningModule):
         self._tuned_lrs: dict[tuple[str, str], float] = {}
 
     # ----------------------------------------------------------------------------------------- training
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [FinalCheckpoint()]
+
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(
             self.meta_optimizer.parameters(), lr=self.hparams.outer_lr, weight_decay=self.hparams.weight_decay
@@ -229,27 +230,3 @@ class L2OModule(pl.LightningModule):
         if math.isfinite(accuracy):
             self.log(f"{prefix}/test_accuracy", accuracy)
 
-
-def meta_optimizer_config(rule: MetaOptimizer) -> dict[str, Any]:
-    """``{"class_path", "init_args"}`` that rebuild ``rule`` (the form LightningCLI configs use)."""
-    return {"class_path": f"{type(rule).__module__}.{type(rule).__qualname__}", "init_args": dict(rule.config)}
-
-
-def check_compatible(saved: dict[str, Any], rule: MetaOptimizer) -> None:
-    """Raise a :class:`ConfigError` if ``rule`` is not the class and configuration a checkpoint was trained with."""
-    class_path = meta_optimizer_config(rule)["class_path"]
-    if saved["class_path"] != class_path:
-        raise ConfigError(f"the checkpoint holds a {saved['class_path']} but the config builds a {class_path}; "
-                          f"use the config the checkpoint was trained with")
-    differing = {k: (v, rule.config.get(k)) for k, v in saved["init_args"].items() if rule.config.get(k) != v}
-    if differing:
-        detail = ", ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in differing.items())
-        raise ConfigError(f"the checkpoint's meta-optimizer was configured differently ({detail}); "
-                          f"set model.meta_optimizer.init_args to the checkpoint's values")
-
-
-def build_meta_optimizer(saved: dict[str, Any]) -> MetaOptimizer:
-    """Instantiate the meta-optimizer class and configuration recorded in a checkpoint."""
-    module_name, _, class_name = saved["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**saved["init_args"])

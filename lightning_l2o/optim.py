@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers import MetaOptimizer, Opt2Vec
 from lightning_l2o.params import ParamLayout, ParamSpace
@@ -33,6 +35,10 @@ class LearnedOptimizer(Optimizer):
     optimization; it returns the closure's loss) or the current loss as a number (as in Opt2Vec's
     ``embedding = optimizer.step(loss.item())``; it then returns the rule's embedding, or ``None``).
     The last step's info (effective lr, momentum, ...) is kept in :attr:`last_info`.
+
+    A step never turns the model into NaN by itself: a group whose gradient or loss is non-finite, or whose update
+    would be, keeps its parameters and state; the first such step warns and all are counted in
+    :attr:`nonfinite_steps`. A group with ``lr`` 0 (e.g. a warm-up from 0) does not move.
     """
 
     def __init__(self, params: Params | nn.Module, update_rule: MetaOptimizer, lr: float | None = None) -> None:
@@ -43,6 +49,7 @@ class LearnedOptimizer(Optimizer):
         super().__init__(list(params.parameters()) if self.module is not None else params, {"lr": lr})
         self.update_rule = update_rule.eval().requires_grad_(False)
         self.last_info: dict[str, Tensor] = {}
+        self.nonfinite_steps = 0
         self._spaces: dict[int, ParamSpace] = {}
 
     @torch.no_grad()
@@ -82,9 +89,23 @@ class LearnedOptimizer(Optimizer):
         if STATE_KEY not in state:
             self.update_rule.to(flat.device)
             state[STATE_KEY] = self.update_rule.init_state(flat, space)
-        new_flat, state[STATE_KEY], info = self.update_rule(flat, grads, loss.to(flat), state[STATE_KEY], space, lr)
+        loss = loss.to(flat)
+        if not _finite(grads, loss if self.update_rule.uses_loss else grads):
+            return self._skip_nonfinite(index, "gradient or loss")
+        new_flat, new_state, info = self.update_rule(flat, grads, loss, state[STATE_KEY], space, lr)
+        if not _finite(new_flat, *new_state.values()):
+            return self._skip_nonfinite(index, "update")
+        state[STATE_KEY] = new_state
         torch._foreach_copy_(params, [c.view_as(p) for c, p in zip(new_flat.split([p.numel() for p in params]), params)])
         return info
+
+    def _skip_nonfinite(self, index: int, what: str) -> dict[str, Tensor]:
+        if not self.nonfinite_steps:
+            warnings.warn(f"{type(self.update_rule).__name__}: non-finite {what} in param group {index}; the group "
+                          f"keeps its parameters and state for this step (counted in nonfinite_steps, warned once)",
+                          RuntimeWarning, stacklevel=4)
+        self.nonfinite_steps += 1
+        return {}
 
 
 class Opt2VecOptimizer(LearnedOptimizer):
@@ -101,25 +122,9 @@ class Opt2VecOptimizer(LearnedOptimizer):
         super().__init__(params, rule)
 
 
-def load_meta_optimizer(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> MetaOptimizer:
-    """The trained meta-optimizer stored in a ``fit`` checkpoint."""
-    from lightning_l2o.module import CHECKPOINT_KEY, build_meta_optimizer
-
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}; pass the path of a .ckpt written by `lightning_l2o fit`")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if CHECKPOINT_KEY not in checkpoint:
-        raise ConfigError(f"{path} was not written by lightning_l2o (no '{CHECKPOINT_KEY}' entry); "
-                          f"pass a checkpoint saved by `python -m lightning_l2o fit`")
-    rule = build_meta_optimizer(checkpoint[CHECKPOINT_KEY]["meta_optimizer"])
-    prefix = "meta_optimizer."
-    weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    try:
-        rule.load_state_dict(weights)
-    except RuntimeError as err:
-        raise ConfigError(f"{path}: the stored weights do not fit {type(rule).__name__}: {err}") from None
-    return rule
+def _finite(*tensors: Tensor) -> bool:
+    """Whether every element of ``tensors`` is finite (one device sync)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def load_learned_optimizer(

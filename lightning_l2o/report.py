@@ -20,11 +20,11 @@ from jsonargparse import auto_cli
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import ConfigError, config_errors_exit
 from lightning_l2o.evaluation import Trajectory, best_lrs, meta_test, summarize
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.baselines import BASELINES
-from lightning_l2o.optim import load_meta_optimizer
 from lightning_l2o.reporting import (
     curve_rows,
     markdown_table,

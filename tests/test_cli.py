@@ -138,3 +138,20 @@ def test_shipped_checkpointing_survives_a_crash_before_any_validation(tmp_path, 
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(L2OModule(Opt2Vec()), tiny_datamodule())
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_ckpt_path_never_overrides_the_config(tmp_path, capsys):
+    """The meta-optimizer must match the checkpoint (else the project's error); the run's settings come from the
+    config and command line, not from the hyperparameters stored in the checkpoint."""
+    config = f"--config={REPO / 'configs/opt2vec.yaml'}"
+    _run(tmp_path / "fit", "fit", config, *FAST)
+    last = next((tmp_path / "fit").rglob("last.ckpt"))
+    with pytest.raises(SystemExit) as exit_info:
+        _run(tmp_path, "test", config, f"--ckpt_path={last}", "--model.init_args.meta_optimizer.init_args.history_length=7")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "history_length: checkpoint 5, config 7" in err and "Traceback" not in err
+    _run(tmp_path / "test", "test", config, f"--ckpt_path={last}", "--model.init_args.lr_grid=[0.5]",
+         "--model.init_args.baselines=[adam]", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false")
+    rows = next((tmp_path / "test").rglob("test_step*_results.csv")).read_text().splitlines()
+    adam = [row for row in rows if ",adam," in row]
+    assert adam and all(",0.5," in row for row in adam) and not any("sgd_momentum" in row for row in rows)

@@ -89,7 +89,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_learned_weights_survive_the_round_trip(tmp_path):
-    from lightning_l2o.optim import load_meta_optimizer
+    from lightning_l2o.checkpoints import load_meta_optimizer
 
     rule = load_meta_optimizer(_checkpoint(tmp_path, "ff"))
     assert isinstance(rule, FFMetaOptimizer) and all(torch.isfinite(p).all() for p in rule.parameters())

@@ -22,6 +22,14 @@ from lightning_l2o.params import ParamSpace
 State = dict[str, Tensor]
 Info = dict[str, Tensor]
 
+UPDATE_RULES: dict[str, type[MetaOptimizer]] = {}
+"""Every concrete :class:`MetaOptimizer` subclass defined so far, by class path: what a checkpoint may build."""
+
+
+def class_path(cls: type) -> str:
+    """``module.QualifiedName`` of ``cls``, the form configs and checkpoints name classes by."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
 
 class MetaOptimizer(nn.Module, ABC):
     """Base class of update rules.
@@ -37,6 +45,10 @@ class MetaOptimizer(nn.Module, ABC):
 
     lr: float
     uses_loss: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        UPDATE_RULES[class_path(cls)] = cls
 
     def __init__(self, **config: Any) -> None:
         super().__init__()

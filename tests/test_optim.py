@@ -1,9 +1,21 @@
+import warnings
+
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
-from lightning_l2o import L2OModule, LearnedOptimizer, Opt2Vec, Opt2VecOptimizer, load_learned_optimizer
+from lightning_l2o import (
+    FFMetaOptimizer,
+    L2OModule,
+    LearnedOptimizer,
+    LSTMMetaOptimizer,
+    Opt2Vec,
+    Opt2VecOptimizer,
+    PNAMetaOptimizer,
+    load_learned_optimizer,
+)
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.params import ParamLayout, ParamSpace
 from tests.conftest import tiny_datamodule, tiny_trainer
@@ -157,3 +169,77 @@ def test_loader_errors_name_the_problem(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ConfigError, match="not written by lightning_l2o"):
         load_learned_optimizer(foreign, [nn.Parameter(torch.zeros(1))])
+
+
+LEARNED_RULES = {
+    "opt2vec": _trained_rule,
+    "ff": lambda: FFMetaOptimizer(hidden_dim=8, num_layers=1),
+    "lstm": lambda: LSTMMetaOptimizer(hidden_dim=8),
+    "pna": lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2),
+}
+SCHEDULERS = {
+    "warm-up from 0": lambda opt: lr_scheduler.LambdaLR(opt, lambda step: min(step / 4, 1.0)),
+    "cosine to 0": lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=4, eta_min=0.0),
+    "linear to 0": lambda opt: lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=4),
+    "one cycle": lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=10, cycle_momentum=False),
+    "step": lambda opt: lr_scheduler.StepLR(opt, step_size=3, gamma=0.1),
+}
+
+
+def _rule_state(optimizer: LearnedOptimizer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in next(iter(optimizer.state.values()))["rule_state"].items()}
+
+
+@pytest.mark.parametrize("rule", LEARNED_RULES)
+@pytest.mark.parametrize("schedule", SCHEDULERS)
+def test_every_scheduler_works_with_every_learned_optimizer_and_lr_0_does_not_move(rule, schedule):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1))
+    optimizer = LearnedOptimizer(model, LEARNED_RULES[rule](), lr=0.01)
+    scheduler = SCHEDULERS[schedule](optimizer)
+    x, y = _regression()
+    lr_zero_steps = 0
+    for _ in range(9):
+        lr = optimizer.param_groups[0]["lr"]
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step(loss.item())
+        scheduler.step()
+        if lr == 0:
+            lr_zero_steps += 1
+            assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert all(torch.isfinite(v).all() for v in _rule_state(optimizer).values())
+    assert optimizer.nonfinite_steps == 0
+    assert lr_zero_steps > 0 or schedule in ("one cycle", "step")
+
+
+@pytest.mark.parametrize("rule", LEARNED_RULES)
+def test_a_non_finite_gradient_leaves_parameters_and_state_unchanged_warns_once_and_is_counted(rule):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1))
+    optimizer = LearnedOptimizer(model, LEARNED_RULES[rule](), lr=0.01)
+    x, y = _regression()
+
+    def step(poison: bool) -> None:
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if poison:
+            model[0].weight.grad[0, 0] = float("nan")
+        optimizer.step(loss.item())
+
+    step(False)
+    params, state = [p.detach().clone() for p in model.parameters()], _rule_state(optimizer)
+    with pytest.warns(RuntimeWarning, match="non-finite gradient or loss"):
+        step(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step(True)
+    assert optimizer.nonfinite_steps == 2
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    assert all(torch.equal(v, state[k]) for k, v in _rule_state(optimizer).items())
+    step(False)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), params))

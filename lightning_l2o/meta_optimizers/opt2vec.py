@@ -105,7 +105,7 @@ class Opt2Vec(MetaOptimizer):
         entry = torch.stack([
             (loss.abs() + 1e-12).log(),
             (grads.norm() + 1e-12).log(),
-            (lr * state["lr_scale"]).log(),
+            (lr * state["lr_scale"]).clamp_min(1e-12).log(),  # finite when a scheduler passes through 0
         ])
         shifted = torch.cat([state["history"][1:], entry[None]])
         history = torch.where(state["step"] > 0, shifted, entry.expand_as(shifted))

@@ -10,7 +10,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datamodules import TaskDataModule
 from lightning_l2o.checkpoints import read_checkpoint
-from lightning_l2o.errors import config_errors_exit
+from lightning_l2o.errors import PARSER_OPTIONS, config_errors_exit
 from lightning_l2o.module import L2OModule
 
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # resolved by Lightning to its own files
@@ -45,13 +45,14 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     # Checkpoints hold the state after each outer step, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     try:
-        with config_errors_exit():
+        with config_errors_exit(args):
             return L2OCLI(
                 L2OModule,
                 TaskDataModule,
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 save_config_kwargs={"overwrite": True},
+                parser_kwargs={**PARSER_OPTIONS, **{name: PARSER_OPTIONS for name in L2OCLI.subcommands()}},
                 args=args,
             )
     except SIGTERMException:

@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lightning_l2o.checkpoints import load_meta_optimizer
-from lightning_l2o.errors import ConfigError, config_errors_exit
+from lightning_l2o.errors import PARSER_OPTIONS, ConfigError, config_errors_exit
 from lightning_l2o.evaluation import Trajectory, best_lrs, meta_test, summarize
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.baselines import BASELINES
@@ -140,8 +140,8 @@ def _specs(presets: Sequence[str], seeds: Sequence[int], steps: int, data_dir: s
 
 def main(args: list[str] | None = None) -> None:
     """``python -m lightning_l2o.report``: :func:`evaluation_report` from a YAML ``--config`` and flags."""
-    with config_errors_exit():
-        auto_cli(evaluation_report, args=args)
+    with config_errors_exit(args):
+        auto_cli(evaluation_report, args=args, parser_kwargs=PARSER_OPTIONS)
 
 
 if __name__ == "__main__":

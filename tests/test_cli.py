@@ -64,12 +64,35 @@ def test_print_config(capsys):
         ("--data.init_args.unroll_length=0", "unroll_length"),
     ],
 )
-def test_bad_config_values_are_reported_by_key_without_a_traceback(tmp_path, capsys, override, expected):
+def test_bad_config_values_are_reported_by_key_in_one_line(tmp_path, capsys, override, expected):
     with pytest.raises(SystemExit) as exit_info:
         _run(tmp_path, "fit", f"--config={REPO / 'configs/opt2vec.yaml'}", override)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert expected in err and "Traceback" not in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Seed set" not in line]
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_a_misspelt_key_names_where_it_was_given_and_abbreviations_are_refused(tmp_path, capsys):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text((REPO / "configs/opt2vec.yaml").read_text().replace("history_length: 5", "histroy_length: 5"))
+    for args, expected in [
+        ([f"--config={typo}"], f"'histroy_length' is not accepted (given in {typo})"),
+        (["--model.init_args.meta_optimizer.init_args.histroy_length=3"],
+         "(given on the command line: --model.init_args.meta_optimizer.init_args.histroy_length=3)"),
+        (["--trainer.max_step=5"], "unrecognized arguments: --trainer.max_step=5"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            _run(tmp_path, "fit", f"--config={REPO / 'configs/opt2vec.yaml'}", *args)
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Seed set" not in line]
+        assert exit_info.value.code == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_a_task_list_on_the_command_line_replaces_the_yaml_list(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", f"--config={REPO / 'configs/opt2vec.yaml'}", "--print_config",
+              "--data.init_args.train_tasks=[{family: quadratic, horizon: 7}]"])
+    tasks = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["train_tasks"]
+    assert [(t["family"], t["arch"], t["horizon"]) for t in tasks] == [("quadratic", {}, 7)]
 
 
 class CrashAt(pl.Callback):

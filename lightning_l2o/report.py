@@ -141,7 +141,7 @@ def _specs(presets: Sequence[str], seeds: Sequence[int], steps: int, data_dir: s
 def main(args: list[str] | None = None) -> None:
     """``python -m lightning_l2o.report``: :func:`evaluation_report` from a YAML ``--config`` and flags."""
     with config_errors_exit(args):
-        auto_cli(evaluation_report, args=args, parser_kwargs=PARSER_OPTIONS)
+        auto_cli(evaluation_report, args=args, **PARSER_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
@@ -43,6 +44,22 @@ def tensorboard(trainer: pl.Trainer) -> SummaryWriter | None:
 def run_dir(trainer: pl.Trainer) -> Path:
     """The run's folder: the logger's version folder, else ``default_root_dir``."""
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def meta_test_stem(trainer: pl.Trainer, stage: str) -> tuple[Path, int]:
+    """``(<run>/meta_test/<stage>_step<N>, N)``: where a meta-test run's files go, and the outer step they show.
+
+    During ``fit``: the current run at the current step. ``validate`` / ``test`` of a checkpoint: beside the run
+    that wrote it (``<run>/checkpoints/x.ckpt``), named by the step it was saved at.
+    """
+    ckpt_path = None if trainer.state.fn == "fit" else trainer.ckpt_path
+    if ckpt_path and Path(ckpt_path).is_file():
+        folder = Path(ckpt_path).parent
+        run = folder.parent if folder.name == "checkpoints" else folder
+        step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"])
+    else:
+        run, step = run_dir(trainer), trainer.global_step
+    return run / "meta_test" / f"{stage}_step{step}", step
 
 
 def learned_trajectories(pl_module: pl.LightningModule, trajectories: list[Trajectory]) -> list[Trajectory]:

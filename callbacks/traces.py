@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 
-from callbacks.meta_test import MetaTestCallback, learned_trajectories, run_dir, tensorboard
+from callbacks.meta_test import MetaTestCallback, learned_trajectories, meta_test_stem, tensorboard
 from lightning_l2o.evaluation import Trajectory
 from lightning_l2o.reporting import plot_traces, save_figure
 
@@ -32,10 +32,11 @@ class OptimizerTraces(MetaTestCallback):
         fig = plot_traces(learned, self.keys)
         if fig is None:
             return
-        save_figure(fig, run_dir(trainer) / "meta_test" / f"{stage}_step{trainer.global_step}_traces.png")
+        stem, step = meta_test_stem(trainer, stage)
+        save_figure(fig, stem.with_name(f"{stem.name}_traces.png"))
         writer = tensorboard(trainer)
         if writer is not None:
-            writer.add_figure(f"{stage}/traces", fig, global_step=trainer.global_step)
+            writer.add_figure(f"{stage}/traces", fig, global_step=step)
             if trainer.state.fn != "fit":
                 self._log_scalars(writer, stage, learned)
         plt.close(fig)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
+from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -25,6 +27,18 @@ class L2OCLI(LightningCLI):
     ``--weights_only=false`` is given); the module then refuses it if its meta-optimizer differs from the
     config's, while the run's own settings (tasks, baselines, lr grid, trainer) come from the config.
     """
+
+    def before_instantiate_classes(self) -> None:
+        """A logger's relative ``save_dir`` lies under ``trainer.default_root_dir``, so that one option decides
+        where logs, checkpoints and meta-test files go (default: the working directory, as before)."""
+        subcommand = self.config.get("subcommand")
+        trainer = self.config[subcommand].trainer if subcommand else self.config.trainer
+        root = trainer.get("default_root_dir")
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            save_dir = logger.get("init_args", {}).get("save_dir") if isinstance(logger, Namespace) else None
+            if root and save_dir and not Path(save_dir).is_absolute():
+                logger.init_args.save_dir = str(Path(root) / save_dir)
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")

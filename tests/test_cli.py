@@ -175,6 +175,21 @@ def test_ckpt_path_never_overrides_the_config(tmp_path, capsys):
     assert exit_info.value.code == 2 and "history_length: checkpoint 5, config 7" in err and "Traceback" not in err
     _run(tmp_path / "test", "test", config, f"--ckpt_path={last}", "--model.init_args.lr_grid=[0.5]",
          "--model.init_args.baselines=[adam]", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false")
-    rows = next((tmp_path / "test").rglob("test_step*_results.csv")).read_text().splitlines()
+    rows = next((tmp_path / "fit").rglob("test_step*_results.csv")).read_text().splitlines()
     adam = [row for row in rows if ",adam," in row]
     assert adam and all(",0.5," in row for row in adam) and not any("sgd_momentum" in row for row in rows)
+
+
+def test_default_root_dir_holds_the_run_and_test_writes_beside_the_checkpoint(tmp_path, monkeypatch):
+    elsewhere, root = tmp_path / "cwd", tmp_path / "root"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = f"--config={REPO / 'configs/opt2vec.yaml'}"
+    main(["fit", config, *FAST, f"--trainer.default_root_dir={root}"])
+    run = root / "lightning_logs" / "opt2vec" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "meta_test" / "val_step4_results.csv").is_file()
+    assert not any(elsewhere.iterdir())
+    main(["test", config, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--trainer.limit_test_batches=1",
+          f"--trainer.default_root_dir={tmp_path / 'test_logs'}", "--trainer.enable_progress_bar=false"])
+    assert (run / "meta_test" / "test_step4_results.csv").is_file()
+    assert not list((tmp_path / "test_logs").rglob("meta_test"))

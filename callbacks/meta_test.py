@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_l2o.evaluation import Trajectory
@@ -42,8 +42,15 @@ def tensorboard(trainer: pl.Trainer) -> SummaryWriter | None:
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
-    """The run's folder: the logger's version folder, else ``default_root_dir``."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """The run's folder: the logger's version folder, else ``default_root_dir``.
+
+    Read from the logger itself: ``Trainer.log_dir`` broadcasts from rank 0 under DDP, and would wait forever
+    when called, as here, on rank 0 alone.
+    """
+    logger = trainer.logger
+    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        return Path(logger.log_dir)
+    return Path(logger.save_dir if logger is not None and logger.save_dir else trainer.default_root_dir)
 
 
 def meta_test_stem(trainer: pl.Trainer, stage: str) -> tuple[Path, int]:

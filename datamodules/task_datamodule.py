@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.task_stream import RandomHorizon, SegmentDataset
 from lightning_l2o.errors import ConfigError
@@ -95,10 +95,10 @@ class TaskDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_specs(), batch_size=None, collate_fn=_identity)
+        return DataLoader(EveryRank(self.val_specs()), batch_size=None, collate_fn=_identity)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_specs(), batch_size=None, collate_fn=_identity)
+        return DataLoader(EveryRank(self.test_specs()), batch_size=None, collate_fn=_identity)
 
     def _stream_position(self) -> int:
         return self.next_index
@@ -113,6 +113,21 @@ class TaskDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_index = int(state_dict["next_index"])
+
+
+class EveryRank(IterableDataset):
+    """Held-out task specs, all of them on every DDP rank: an iterable dataset, which Lightning does not shard, so
+    every rank tunes the same baseline learning rates and logs the same metrics (and checkpoint callbacks that
+    monitor them decide alike on every rank)."""
+
+    def __init__(self, specs: Sequence[TaskSpec]) -> None:
+        self.specs = list(specs)
+
+    def __iter__(self) -> Iterator[TaskSpec]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
 
 
 def _identity(x: Any) -> Any:

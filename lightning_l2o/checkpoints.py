@@ -137,7 +137,9 @@ class FinalCheckpoint(pl.Callback):
             return
         for callback in trainer.checkpoint_callbacks:
             if callback.save_last and callback.dirpath:
-                trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+                path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+                trainer.save_checkpoint(path)
+                callback.last_model_path = str(path)  # its own later saves of last.ckpt overwrite this file
         self._saved_step = trainer.global_step
 
     def _restore_sigint(self) -> None:

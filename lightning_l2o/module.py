@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch.nn.parallel import DistributedDataParallel
 
 from lightning_l2o.checkpoints import CHECKPOINT_KEY, FinalCheckpoint, check_compatible, meta_optimizer_config
 from lightning_l2o.errors import ConfigError
@@ -29,6 +32,12 @@ class L2OModule(pl.LightningModule):
     the meta-loss backpropagated, optionally in windows of ``backprop_window`` steps); the module
     clips it and applies it with Adam. A non-finite meta-loss, inner state or meta-gradient skips the outer update, is
     counted in ``train/nonfinite_segments`` and restarts the task.
+
+    Under DDP each rank trains its own optimizees (its own task stream). The ranks agree on every skip: a segment
+    non-finite on any rank skips the outer update on all of them (that rank restarts its task, the others carry
+    on with theirs); otherwise the meta-gradients are averaged across ranks once, after all of a segment's backward
+    passes (DDP's own per-backward all-reduce is switched off: it would wait forever on a rank that skipped).
+    Checkpoints hold every rank's optimizee.
 
     Validation and test: every held-out task is trained for its horizon by the learned rule and by
     each of ``baselines`` at the lr that is best on the validation tasks of its family (searched on
@@ -107,12 +116,14 @@ class L2OModule(pl.LightningModule):
     def training_step(self, segment: Segment, batch_idx: int) -> torch.Tensor | None:
         optimizer = self.optimizers()
         state = self._inner_state_for(segment.task)
-        estimate = self.estimator.estimate(self.meta_optimizer, state, segment.length, self.manual_backward)
-        if estimate is None:
-            return self._skip_nonfinite(optimizer, segment.task)
-        grads = [p.grad for p in self.meta_optimizer.parameters() if p.grad is not None]
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            return self._skip_nonfinite(optimizer, segment.task)
+        model = self.trainer.strategy.model
+        with model.no_sync() if isinstance(model, DistributedDataParallel) else nullcontext():
+            estimate = self.estimator.estimate(self.meta_optimizer, state, segment.length, self.manual_backward)
+        finite = estimate is not None and all(
+            bool(torch.isfinite(p.grad).all()) for p in self.meta_optimizer.parameters() if p.grad is not None)
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return self._skip_nonfinite(optimizer, segment.task, estimate.state if finite else None)
+        self._average_meta_gradient()
         if self.hparams.gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
                                 gradient_clip_algorithm="norm")
@@ -141,7 +152,19 @@ class L2OModule(pl.LightningModule):
             self._inner = InnerState.start(spec, self.meta_optimizer, self.device)
         return self._inner
 
-    def _skip_nonfinite(self, optimizer: Any, spec: TaskSpec) -> None:
+    def _average_meta_gradient(self) -> None:
+        """Average the meta-gradient across DDP ranks (one all-reduce; nothing on one process)."""
+        if self.trainer.world_size == 1:
+            return
+        params = list(self.meta_optimizer.parameters())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        mean = self.trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
+        for p, g in zip(params, mean.split([p.numel() for p in params])):
+            p.grad = g.view_as(p)
+
+    def _skip_nonfinite(self, optimizer: Any, spec: TaskSpec, state: InnerState | None) -> None:
+        """Skip the outer update (agreed by all ranks); ``state``: this rank's finite state to carry on, else
+        ``None`` (this rank's segment was non-finite: its task restarts)."""
         optimizer.zero_grad()
         self.nonfinite_segments += 1
         self._consecutive_nonfinite += 1
@@ -152,15 +175,26 @@ class L2OModule(pl.LightningModule):
                 f"(last task {spec.name}); lower model.outer_lr or the meta-optimizer's lr, or set "
                 f"model.gradient_clip_val"
             )
-        self._inner = InnerState.start(spec, self.meta_optimizer, self.device)
+        self._inner = state if state is not None else InnerState.start(spec, self.meta_optimizer, self.device)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Called on every rank (``trainer.save_checkpoint`` is collective): gathers each rank's optimizee."""
+        inner = self._inner.state_dict() if self._inner is not None else None
         checkpoint[CHECKPOINT_KEY] = {
             "meta_optimizer": meta_optimizer_config(self.meta_optimizer),
-            "inner_state": self._inner.state_dict() if self._inner is not None else None,
+            "inner_states": self._gather_from_ranks(inner),
             "nonfinite_segments": self.nonfinite_segments,
         }
+
+    def _gather_from_ranks(self, value: Any) -> list[Any]:
+        """``[value of rank 0, value of rank 1, ...]``, tensors on the CPU."""
+        value = apply_to_collection(value, torch.Tensor, lambda t: t.cpu())
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get(CHECKPOINT_KEY)
@@ -168,7 +202,9 @@ class L2OModule(pl.LightningModule):
             raise ConfigError("the checkpoint was not written by lightning_l2o (no 'lightning_l2o' entry); "
                               "pass a checkpoint saved by `python -m lightning_l2o fit`")
         check_compatible(saved["meta_optimizer"], self.meta_optimizer)
-        self._restored_inner = saved["inner_state"]
+        states = saved["inner_states"] if "inner_states" in saved else [saved["inner_state"]]  # single-process format
+        rank = self.global_rank if self._trainer is not None else 0
+        self._restored_inner = states[rank] if rank < len(states) else None  # a rank added on resume starts afresh
         self.nonfinite_segments = saved["nonfinite_segments"]
 
     # ----------------------------------------------------------------------------------------- meta-test

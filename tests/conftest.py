@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,12 @@ from datamodules import TaskDataModule
 from lightning_l2o.tasks import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Real datasets in torchvision's layout: $L2O_DATA_DIR when set (as the package reads it), else ../shared/data
+# beside the checkout. Skip messages name the folder and where it came from.
+_DATA_ENV = os.environ.get("L2O_DATA_DIR")
+SHARED_DATA = Path(_DATA_ENV).expanduser().resolve() if _DATA_ENV else REPO.parent / "shared" / "data"
+SHARED_DATA_SOURCE = (f"from L2O_DATA_DIR={_DATA_ENV}" if _DATA_ENV
+                      else "../shared/data beside the checkout; set L2O_DATA_DIR to use another folder")
 
 
 def quadratic(horizon: int = 20, dim: int = 5) -> TaskSpec:
@@ -44,9 +50,12 @@ def _seed():
     pl.seed_everything(0, verbose=False)
 
 
+_missing_raw = [str(SHARED_DATA / name / "raw") for name in ("FashionMNIST", "MNIST")
+                if not (SHARED_DATA / name / "raw").is_dir()]
 requires_shared_data = pytest.mark.skipif(
-    not (SHARED_DATA / "FashionMNIST" / "raw").is_dir() or not (SHARED_DATA / "MNIST" / "raw").is_dir(),
-    reason=f"real FashionMNIST / MNIST files are not in {SHARED_DATA} (../shared/data beside the checkout)",
+    bool(_missing_raw),
+    reason=f"real FashionMNIST / MNIST files are not in {SHARED_DATA} ({SHARED_DATA_SOURCE}): "
+           f"no {' or '.join(_missing_raw)}",
 )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
+from lightning_l2o.checkpoints import read_checkpoint
 from lightning_l2o.evaluation import Trajectory
 
 
@@ -63,7 +63,7 @@ def meta_test_stem(trainer: pl.Trainer, stage: str) -> tuple[Path, int]:
     if ckpt_path and Path(ckpt_path).is_file():
         folder = Path(ckpt_path).parent
         run = folder.parent if folder.name == "checkpoints" else folder
-        step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"])
+        step = int(read_checkpoint(ckpt_path)["global_step"])
     else:
         run, step = run_dir(trainer), trainer.global_step
     return run / "meta_test" / f"{stage}_step{step}", step

@@ -135,13 +135,14 @@ def test_fit_leaves_last_ckpt_at_its_final_step(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_stopped_fit_saves_its_last_completed_step_and_resumes_exactly(tmp_path, signum):
     straight = _fit(tmp_path / "a", max_steps=12)
+    sigint_handler = signal.getsignal(signal.SIGINT)
     if signum == signal.SIGTERM:
         with pytest.raises(SIGTERMException):
             _fit(tmp_path / "b", max_steps=12, callbacks=[SignalAt(6, signum)])
     else:
         _fit(tmp_path / "b", max_steps=12, callbacks=[SignalAt(6, signum)])
     assert _step(tmp_path / "b" / "last.ckpt") == 7  # the step that was running when the signal came completed
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is sigint_handler  # restored
     resumed = _fit(tmp_path / "b", max_steps=12, ckpt_path=tmp_path / "b" / "last.ckpt")
     for p, q in zip(straight.meta_optimizer.parameters(), resumed.meta_optimizer.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

@@ -20,15 +20,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
-INNER_STEPS_PER_SEGMENT = 10  # configs/opt2vec.yaml's unroll_length
-SEGMENTS_PER_TASK = 10  # its horizon of 100 inner steps
 
 
-def fit_seconds(ranks: int, outer_steps: int) -> float:
+def segment_shape(config: Path) -> tuple[int, int]:
+    """``(inner steps per segment, segments per task)`` of the config's first training task."""
+    data = yaml.safe_load(config.read_text())["data"]["init_args"]
+    horizon = data["train_tasks"][0].get("horizon", 100)
+    length = data.get("unroll_length") or horizon
+    return length, -(-horizon // length)
+
+
+def fit_seconds(config: Path, ranks: int, outer_steps: int) -> float:
     """Wall time of a ``fit`` of ``outer_steps`` outer steps on ``ranks`` processes."""
     with tempfile.TemporaryDirectory() as root:
-        args = [sys.executable, "-m", "lightning_l2o", "fit", "--config", str(REPO / "configs/opt2vec.yaml"),
+        args = [sys.executable, "-m", "lightning_l2o", "fit", "--config", str(config),
                 f"--trainer.max_steps={outer_steps}", "--trainer.limit_val_batches=0", "--trainer.accelerator=cpu",
                 f"--trainer.devices={ranks}", f"--trainer.strategy={'ddp' if ranks > 1 else 'auto'}",
                 "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"]
@@ -39,30 +47,32 @@ def fit_seconds(ranks: int, outer_steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "configs/opt2vec.yaml")
     parser.add_argument("--short", type=int, default=100)
     parser.add_argument("--long", type=int, default=1100)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    inner_steps, segments_per_task = segment_shape(args.config)
     rates: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(args.repeats):
         for ranks, values in rates.items():
-            seconds = fit_seconds(ranks, args.long) - fit_seconds(ranks, args.short)
+            seconds = fit_seconds(args.config, ranks, args.long) - fit_seconds(args.config, ranks, args.short)
             values.append((args.long - args.short) * ranks / seconds)
             print(f"{ranks} rank(s): {values[-1]:.1f} segments/s", flush=True)
-    title = (f"fit --config configs/opt2vec.yaml, {args.long} - {args.short} outer steps, 1 intra-op thread per rank, "
+    title = (f"fit --config {args.config.name}, {args.long} - {args.short} outer steps, 1 intra-op thread per rank, "
              f"{args.repeats} interleaved repeats (min / median)")
-    header = ("| ranks | tasks (100 inner steps) per second | segments (10 inner steps) per second | "
-              "inner steps per second | speed-up (median) |")
+    header = (f"| ranks | tasks ({inner_steps * segments_per_task} inner steps) per second | segments ({inner_steps} "
+              f"inner steps) per second | inner steps per second | speed-up (median) |")
     lines = [title, "", header, "|---|---|---|---|---|"]
     base = statistics.median(rates[1])
     for ranks, values in rates.items():
         low, mid = min(values), statistics.median(values)
-        lines.append(f"| {ranks} | {low / SEGMENTS_PER_TASK:.2f} / {mid / SEGMENTS_PER_TASK:.2f} | {low:.1f} / "
-                     f"{mid:.1f} | {low * INNER_STEPS_PER_SEGMENT:.0f} / {mid * INNER_STEPS_PER_SEGMENT:.0f} | "
-                     f"{mid / base:.2f} |")
+        lines.append(f"| {ranks} | {low / segments_per_task:.2f} / {mid / segments_per_task:.2f} | {low:.2f} / "
+                     f"{mid:.2f} | {low * inner_steps:.0f} / {mid * inner_steps:.0f} | {mid / base:.2f} |")
     out = REPO / "benchmarks" / "results" / "ddp_throughput.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    with out.open("a") as f:
+        f.write("\n".join(lines) + "\n\n")
     print("\n".join(lines))
 
 

@@ -121,9 +121,8 @@ class L2OModule(pl.LightningModule):
             estimate = self.estimator.estimate(self.meta_optimizer, state, segment.length, self.manual_backward)
         finite = estimate is not None and all(
             bool(torch.isfinite(p.grad).all()) for p in self.meta_optimizer.parameters() if p.grad is not None)
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        if not self._average_meta_gradient(finite):
             return self._skip_nonfinite(optimizer, segment.task, estimate.state if finite else None)
-        self._average_meta_gradient()
         if self.hparams.gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
                                 gradient_clip_algorithm="norm")
@@ -152,15 +151,24 @@ class L2OModule(pl.LightningModule):
             self._inner = InnerState.start(spec, self.meta_optimizer, self.device)
         return self._inner
 
-    def _average_meta_gradient(self) -> None:
-        """Average the meta-gradient across DDP ranks (one all-reduce; nothing on one process)."""
-        if self.trainer.world_size == 1:
-            return
+    def _average_meta_gradient(self, finite: bool) -> bool:
+        """Whether every rank's segment was ``finite``; if so, average the meta-gradient across ranks.
+
+        One all-reduce of the gradients with each rank's verdict appended (a non-finite rank sends zeros), so the
+        ranks agree on the skip and the average in a single collective; nothing to do on one process.
+        """
+        world_size = self.trainer.world_size
+        if world_size == 1:
+            return finite
         params = list(self.meta_optimizer.parameters())
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        mean = self.trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
-        for p, g in zip(params, mean.split([p.numel() for p in params])):
+        grads = [p.grad if finite and p.grad is not None else torch.zeros_like(p) for p in params]
+        packed = torch.cat([*(g.flatten() for g in grads), torch.full((1,), float(finite), device=self.device)])
+        torch.distributed.all_reduce(packed)
+        if packed[-1].item() < world_size:
+            return False
+        for p, g in zip(params, (packed[:-1] / world_size).split([p.numel() for p in params])):
             p.grad = g.view_as(p)
+        return True
 
     def _skip_nonfinite(self, optimizer: Any, spec: TaskSpec, state: InnerState | None) -> None:
         """Skip the outer update (agreed by all ranks); ``state``: this rank's finite state to carry on, else

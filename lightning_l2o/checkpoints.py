@@ -119,7 +119,11 @@ class FinalCheckpoint(pl.Callback):
         rank_zero_info("\nCtrl-C: finishing this outer step, then saving last.ckpt and stopping (again: stop now)")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        stopping = trainer.strategy.reduce_boolean_decision(self._interrupted or trainer.received_sigterm, all=False)
+        stopping = self._interrupted or trainer.received_sigterm
+        if trainer.world_size > 1:  # every rank must save (a collective) and stop at the same step
+            flag = torch.tensor([float(stopping)], device=pl_module.device)
+            torch.distributed.all_reduce(flag)
+            stopping = flag.item() > 0
         if stopping or 0 < trainer.max_steps <= trainer.global_step:
             self._save_last(trainer)
         if stopping and not trainer.received_sigterm:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from results_table import save_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,11 +70,7 @@ def main() -> None:
         low, mid = min(values), statistics.median(values)
         lines.append(f"| {ranks} | {low / segments_per_task:.2f} / {mid / segments_per_task:.2f} | {low:.2f} / "
                      f"{mid:.2f} | {low * inner_steps:.0f} / {mid * inner_steps:.0f} | {mid / base:.2f} |")
-    out = REPO / "benchmarks" / "results" / "ddp_throughput.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n\n")
-    print("\n".join(lines))
+    save_report(lines, "ddp_throughput.md", append=True)
 
 
 if __name__ == "__main__":

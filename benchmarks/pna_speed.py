@@ -33,6 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results_table import save_report
+
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer
 from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, unroll
@@ -173,11 +175,7 @@ def main() -> None:
     for name, (gflop, t) in rule_gflops(args.repeats).items():
         rate = gflop / min(t)
         lines.append(f"| {name} | {gflop:.2f} | {_ms(t)} | {rate:.1f} | {100 * rate / peak:.0f} % |")
-    report = "\n".join(lines)
-    print(report)
-    out = REPO / "benchmarks" / "results" / "pna_speed.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report + "\n")
+    save_report(lines, "pna_speed.md")
 
 
 if __name__ == "__main__":

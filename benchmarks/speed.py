@@ -26,6 +26,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results_table import save_report
+
 from datamodules import TaskDataModule
 from lightning_l2o import FFMetaOptimizer, L2OModule, LearnedOptimizer, LSTMMetaOptimizer, Opt2Vec
 from lightning_l2o.tasks import TaskSpec
@@ -103,11 +105,7 @@ def main() -> None:
     adam = times["torch.optim.Adam"]
     lines += ["", f"| deployed optimizer, MLP with {n:,} parameters | step time (ms) | × Adam |", "|---|---|---|"]
     lines += [f"| {name} | {1000 * t:.2f} | {t / adam:.1f} |" for name, t in times.items()]
-    report = "\n".join(lines)
-    print(report)
-    out = REPO / "benchmarks" / "results" / "speed.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report + "\n")
+    save_report(lines, "speed.md")
 
 
 if __name__ == "__main__":

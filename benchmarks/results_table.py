@@ -1,0 +1,18 @@
+"""Where the benchmark scripts put their Markdown results: printed, and written under ``benchmarks/results``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_report(lines: list[str], name: str, append: bool = False) -> Path:
+    """Print ``lines`` and write them to ``benchmarks/results/<name>`` (after what is there, with ``append``)."""
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / name
+    with out.open("a" if append else "w") as f:
+        f.write(report + ("\n" if append else ""))
+    return out

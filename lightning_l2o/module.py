@@ -12,7 +12,7 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_l2o.checkpoints import CHECKPOINT_KEY, FinalCheckpoint, check_compatible, meta_optimizer_config
+from lightning_l2o.checkpoints import CHECKPOINT_KEY, FIX, FinalCheckpoint, check_compatible, meta_optimizer_config
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.evaluation import DIVERGENCE_FACTOR, Trajectory, best_lrs, grid_search, meta_test, summarize
@@ -207,8 +207,7 @@ class L2OModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None:
-            raise ConfigError("the checkpoint was not written by lightning_l2o (no 'lightning_l2o' entry); "
-                              "pass a checkpoint saved by `python -m lightning_l2o fit`")
+            raise ConfigError(f"the checkpoint was not written by lightning_l2o (no '{CHECKPOINT_KEY}' entry); {FIX}")
         check_compatible(saved["meta_optimizer"], self.meta_optimizer)
         states = saved["inner_states"] if "inner_states" in saved else [saved["inner_state"]]  # single-process format
         rank = self.global_rank if self._trainer is not None else 0

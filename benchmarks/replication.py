@@ -34,21 +34,20 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
-def last_checkpoint(method: str) -> Path:
-    """The method's newest ``last.ckpt`` (the logger names the run folder ``0`` or ``version_0``)."""
-    found = sorted((OUT / method).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else OUT / method / "0" / "checkpoints" / "last.ckpt"
+def last_checkpoint(method: str, run: str) -> Path:
+    """The ``last.ckpt`` of the method's run folder ``run``."""
+    return OUT / method / run / "checkpoints" / "last.ckpt"
 
 
-def fit(methods: list[str], outer_steps: int, resume: bool) -> None:
+def fit(methods: list[str], outer_steps: int, resume: bool, run: str) -> None:
     procs = {}
     for method in methods:
         cmd = [sys.executable, "-m", "lightning_l2o", "fit", f"--config={REPO / 'configs' / f'{method}.yaml'}",
                f"--trainer.max_steps={outer_steps}", "--trainer.limit_val_batches=0",
                "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={OUT}",
-               "--trainer.logger.init_args.version=0"]
-        if resume and last_checkpoint(method).is_file():
-            cmd.append(f"--ckpt_path={last_checkpoint(method)}")
+               f"--trainer.logger.init_args.version={run}"]
+        if resume and last_checkpoint(method, run).is_file():
+            cmd.append(f"--ckpt_path={last_checkpoint(method, run)}")
         print(" ".join(cmd), flush=True)
         OUT.mkdir(parents=True, exist_ok=True)
         log = (OUT / f"{method}_fit.log").open("a")
@@ -61,12 +60,12 @@ def fit(methods: list[str], outer_steps: int, resume: bool) -> None:
 
 def report(
     methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
-    name: str, baselines: list[str],
+    name: str, baselines: list[str], run: str,
 ) -> None:
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
-           "--checkpoints", str({m: str(last_checkpoint(m)) for m in methods})]
+           "--checkpoints", str({m: str(last_checkpoint(m, run)) for m in methods})]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, env=_env(2), check=True)
 
@@ -79,6 +78,8 @@ def main() -> None:
     fit_parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     fit_parser.add_argument("--resume", action="store_true", help="continue from each method's last.ckpt")
     report_parser = sub.add_parser("report")
+    for stage_parser in (fit_parser, report_parser):
+        stage_parser.add_argument("--run", default="0", help="run folder under benchmarks/results/replication/<method>")
     report_parser.add_argument("--steps", type=int, default=1000)
     report_parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
@@ -89,9 +90,12 @@ def main() -> None:
     report_parser.add_argument("--baselines", nargs="+", default=["adam", "adamw", "sgd_momentum"])
     args = parser.parse_args()
     if args.stage == "fit":
-        fit(args.methods, args.outer_steps, args.resume)
+        fit(args.methods, args.outer_steps, args.resume, args.run)
     else:
-        report(args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines)
+        report(
+            args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
+            args.run,
+        )
 
 
 if __name__ == "__main__":

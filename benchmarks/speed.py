@@ -30,6 +30,7 @@ from results_table import save_report
 
 from datamodules import TaskDataModule
 from lightning_l2o import FFMetaOptimizer, L2OModule, LearnedOptimizer, LSTMMetaOptimizer, Opt2Vec
+from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.tasks import TaskSpec
 
 INNER_STEPS = 100
@@ -53,7 +54,7 @@ def meta_training_rate(rule_cls: type, window: int | None, outer_steps: int) -> 
     pl.seed_everything(0, verbose=False)
     task = TaskSpec(preset="17", horizon=INNER_STEPS)
     datamodule = TaskDataModule([task], [task], [task], unroll_length=None, epoch_length=outer_steps + 1)
-    module = L2OModule(rule_cls(), meta_loss="lookahead", lookahead_batch="same", backprop_window=window,
+    module = L2OModule(rule_cls(), TruncatedBackprop("lookahead", "same", backprop_window=window),
                        outer_lr=3e-4, weight_decay=1e-4, gradient_clip_val=None)
     timer = OuterStepTimer()
     trainer = pl.Trainer(accelerator="cpu", max_steps=outer_steps + 1, limit_val_batches=0, logger=False,

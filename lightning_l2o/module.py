@@ -14,12 +14,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_l2o.checkpoints import CHECKPOINT_KEY, FIX, FinalCheckpoint, check_compatible, meta_optimizer_config
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.estimators import TruncatedBackprop
+from lightning_l2o.estimators import GradientEstimator, TruncatedBackprop
 from lightning_l2o.evaluation import DIVERGENCE_FACTOR, Trajectory, best_lrs, grid_search, meta_test, summarize
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
+from lightning_l2o.meta_optimizers.base import class_path
 from lightning_l2o.meta_optimizers.baselines import BASELINES
 from lightning_l2o.tasks import Segment, TaskSpec
-from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss
+from lightning_l2o.unroll import InnerState
 
 
 class L2OModule(pl.LightningModule):
@@ -28,8 +29,9 @@ class L2OModule(pl.LightningModule):
     Training: each batch is a :class:`~lightning_l2o.tasks.Segment` of K inner steps. The inner state
     (optimizee parameters, optimizer state, history, batch generator) is carried from one segment of a
     task to the next and detached in between; a new task starts a fresh optimizee. The segment's
-    meta-gradient comes from :attr:`estimator` (:class:`~lightning_l2o.estimators.TruncatedBackprop`:
-    the meta-loss backpropagated, optionally in windows of ``backprop_window`` steps); the module
+    meta-gradient comes from :attr:`estimator` (by default :class:`~lightning_l2o.estimators.TruncatedBackprop`:
+    the meta-loss backpropagated, optionally in windows of ``backprop_window`` steps; or
+    :class:`~lightning_l2o.estimators.PersistentES`, unbiased over the whole horizon); the module
     clips it and applies it with Adam. A non-finite meta-loss, inner state or meta-gradient skips the outer update, is
     counted in ``train/nonfinite_segments`` and restarts the task.
 
@@ -46,11 +48,9 @@ class L2OModule(pl.LightningModule):
 
     Args:
         meta_optimizer: the learned update rule to meta-train.
-        meta_loss: ``train`` (mean training loss over the unroll) or ``lookahead`` (loss right after each update).
-        lookahead_batch: for ``lookahead``, evaluate on a ``fresh`` batch or the ``same`` batch.
-        log_meta_loss: average log losses, so task families whose losses differ in scale weigh alike.
-        backprop_window: backpropagate through at most this many inner steps at a time (``null``: the whole
-            segment). Gradients of all windows of a segment are summed into one outer update.
+        estimator: how each segment's meta-gradient is estimated (meta-loss, lookahead, log losses, windows),
+            e.g. ``{class_path: lightning_l2o.estimators.PersistentES, init_args: {num_pairs: 8}}``; ``null``:
+            ``TruncatedBackprop()`` (the mean training loss over each segment, backpropagated through it).
         outer_lr: learning rate of the outer Adam.
         weight_decay: Adam weight decay on the meta-parameters.
         gradient_clip_val: clip the meta-gradient's norm to this value (``null``: no clipping).
@@ -63,10 +63,7 @@ class L2OModule(pl.LightningModule):
     def __init__(
         self,
         meta_optimizer: MetaOptimizer,
-        meta_loss: MetaLoss = "train",
-        lookahead_batch: LookaheadBatch = "fresh",
-        log_meta_loss: bool = False,
-        backprop_window: int | None = None,
+        estimator: GradientEstimator | None = None,
         outer_lr: float = 1e-3,
         weight_decay: float = 0.0,
         gradient_clip_val: float | None = 1.0,
@@ -78,7 +75,7 @@ class L2OModule(pl.LightningModule):
         super().__init__()
         if not meta_optimizer.is_learned:
             raise ConfigError(f"model.meta_optimizer: {type(meta_optimizer).__name__} has no parameters to learn")
-        self.estimator = TruncatedBackprop(meta_loss, lookahead_batch, log_meta_loss, backprop_window)
+        self.estimator = TruncatedBackprop() if estimator is None else estimator
         if not outer_lr > 0 or weight_decay < 0 or (gradient_clip_val is not None and not gradient_clip_val > 0):
             raise ConfigError("model.outer_lr must be > 0, model.weight_decay >= 0 and model.gradient_clip_val > 0 "
                               f"or null; got {outer_lr}, {weight_decay}, {gradient_clip_val}")
@@ -86,8 +83,10 @@ class L2OModule(pl.LightningModule):
         if unknown or not lr_grid or min(lr_grid) <= 0:
             raise ConfigError(f"model.baselines must be names from {list(BASELINES)} (unknown: {unknown}) and "
                               f"model.lr_grid a non-empty list of positive learning rates, got {lr_grid}")
-        self.save_hyperparameters(ignore=["meta_optimizer"])
-        self.save_hyperparameters({"meta_optimizer": meta_optimizer_config(meta_optimizer)})
+        self.save_hyperparameters(ignore=["meta_optimizer", "estimator"])
+        self.save_hyperparameters({"meta_optimizer": meta_optimizer_config(meta_optimizer),
+                                   "estimator": {"class_path": class_path(type(self.estimator)),
+                                                 "init_args": self.estimator.config}})
         self.automatic_optimization = False
         self.meta_optimizer = meta_optimizer
         self.meta_test_trajectories: list[Trajectory] = []
@@ -192,6 +191,7 @@ class L2OModule(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "meta_optimizer": meta_optimizer_config(self.meta_optimizer),
             "inner_states": self._gather_from_ranks(inner),
+            "estimator_states": self._gather_from_ranks(self.estimator.state_dict()),
             "nonfinite_segments": self.nonfinite_segments,
         }
 
@@ -212,6 +212,9 @@ class L2OModule(pl.LightningModule):
         states = saved["inner_states"] if "inner_states" in saved else [saved["inner_state"]]  # single-process format
         rank = self.global_rank if self._trainer is not None else 0
         self._restored_inner = states[rank] if rank < len(states) else None  # a rank added on resume starts afresh
+        estimator_states = saved.get("estimator_states", [])
+        if rank < len(estimator_states) and estimator_states[rank]:
+            self.estimator.load_state_dict(estimator_states[rank])
         self.nonfinite_segments = saved["nonfinite_segments"]
 
     # ----------------------------------------------------------------------------------------- meta-test

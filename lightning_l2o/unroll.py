@@ -41,6 +41,16 @@ class InnerState:
             self.generator,
         )
 
+    def copy(self) -> InnerState:
+        """An independent detached copy sharing the task; its batch generator continues from the same position, so
+        the copy trains on the same batches as the original."""
+        generator = torch.Generator(self.generator.device)
+        generator.set_state(self.generator.get_state())
+        return InnerState(
+            self.task, self.params.detach().clone(), {k: v.detach().clone() for k, v in self.opt_state.items()},
+            self.step, generator,
+        )
+
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.params).all()) and all(
             bool(torch.isfinite(v).all()) for v in self.opt_state.values()
@@ -57,8 +67,11 @@ class InnerState:
         }
 
     @classmethod
-    def from_state_dict(cls, data: dict[str, Any], device: torch.device | str = "cpu") -> InnerState:
-        task = build_task(TaskSpec.from_dict(data["spec"])).to(device)
+    def from_state_dict(
+        cls, data: dict[str, Any], device: torch.device | str = "cpu", task: Task | None = None
+    ) -> InnerState:
+        """The state ``data`` holds; ``task``: an already built task of the same spec to share (else one is built)."""
+        task = task if task is not None else build_task(TaskSpec.from_dict(data["spec"])).to(device)
         generator = torch.Generator()
         generator.set_state(data["generator"])
         opt_state = {k: v.to(device) for k, v in data["opt_state"].items()}
@@ -102,8 +115,9 @@ def unroll(
     meta_loss: MetaLoss = "train",
     lookahead_batch: LookaheadBatch = "fresh",
     log_loss: bool = False,
+    differentiable: bool = True,
 ) -> UnrollResult:
-    """Run ``num_steps`` differentiable inner steps from ``state`` and return the meta-loss.
+    """Run ``num_steps`` inner steps from ``state`` and return the meta-loss.
 
     ``meta_loss``:
         - ``"train"``: mean training loss at the parameters after each update, each on the batch that the
@@ -114,14 +128,16 @@ def unroll(
     ``log_loss`` averages ``log(loss)`` instead, so that tasks whose losses differ in scale weigh alike.
 
     Gradients are taken with ``create_graph=True`` only when ``num_steps > 1``: a single step starts from
-    detached parameters, so its gradient has no dependence on the meta-parameters.
+    detached parameters, so its gradient has no dependence on the meta-parameters. ``differentiable=False``
+    records no graph of the updates at all (zeroth-order estimators, which only need the meta-loss's value);
+    the meta-loss and the state are then detached.
     """
     if num_steps < 1:
         raise ConfigError(f"unroll needs num_steps >= 1, got {num_steps}")
-    create_graph = num_steps > 1
+    create_graph = differentiable and num_steps > 1
     terms, inner_losses, infos = [], [], []
     for i in range(num_steps):
-        state, loss, batch, info = inner_step(update_rule, state, update_rule.lr, create_graph)
+        state, loss, batch, info = inner_step(update_rule, state, update_rule.lr, create_graph, differentiable)
         inner_losses.append(loss.detach())
         infos.append(info)
         if meta_loss == "train" and i > 0:
@@ -136,4 +152,6 @@ def unroll(
     }
     terms = torch.stack(terms)
     meta = (terms.clamp_min(1e-12).log() if log_loss else terms).mean()
+    if not differentiable:
+        meta, state = meta.detach(), state.detached()
     return UnrollResult(meta, state, torch.stack(inner_losses), scalar_info)

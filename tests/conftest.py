@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from datamodules import TaskDataModule
 from lightning_l2o.tasks import TaskSpec
@@ -43,6 +44,29 @@ def tiny_trainer(root: Path, **kwargs) -> pl.Trainer:
         "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": root,
     }
     return pl.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.fixture(scope="session")
+def ff_checkpoint(tmp_path_factory) -> Path:
+    """A fit checkpoint of a small FF rule after 2 outer steps on the tiny datamodule."""
+    from lightning_l2o import FFMetaOptimizer, L2OModule
+    from lightning_l2o.estimators import TruncatedBackprop
+
+    pl.seed_everything(0, verbose=False)
+    root = tmp_path_factory.mktemp("ff")
+    trainer = tiny_trainer(root, max_steps=2)
+    trainer.fit(L2OModule(FFMetaOptimizer(hidden_dim=8, num_layers=1), TruncatedBackprop("lookahead")), tiny_datamodule())
+    trainer.save_checkpoint(root / "ff.ckpt")
+    return root / "ff.ckpt"
+
+
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for the test (finite differences, exact gradients)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_l2o import L2OModule, Opt2Vec
 from lightning_l2o.cli import main
+from lightning_l2o.estimators import PersistentES, TruncatedBackprop
 from tests.conftest import REPO, SHARED_DATA, tiny_datamodule, tiny_trainer
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -104,9 +105,13 @@ class CrashAt(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
-def _fit(root: Path, max_steps: int, ckpt_path: str | None = None, crash_at: int | None = None) -> L2OModule:
+ESTIMATORS = {"truncated": TruncatedBackprop, "pes": lambda: PersistentES(num_pairs=2)}
+
+
+def _fit(root: Path, max_steps: int, ckpt_path: str | None = None, crash_at: int | None = None,
+         estimator: str = "truncated") -> L2OModule:
     pl.seed_everything(0, verbose=False)
-    module = L2OModule(Opt2Vec(), outer_lr=1e-2, cosine_schedule=True)
+    module = L2OModule(Opt2Vec(), ESTIMATORS[estimator](), outer_lr=1e-2, cosine_schedule=True)
     callbacks = [ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=4, save_top_k=0)]
     callbacks += [CrashAt(crash_at)] if crash_at is not None else []
     trainer = tiny_trainer(root, max_steps=max_steps, enable_checkpointing=True, callbacks=callbacks)
@@ -114,14 +119,16 @@ def _fit(root: Path, max_steps: int, ckpt_path: str | None = None, crash_at: int
     return module
 
 
-def test_fit_killed_mid_run_resumes_to_the_same_meta_parameters(tmp_path):
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_fit_killed_mid_run_resumes_to_the_same_meta_parameters(tmp_path, estimator):
     """Horizon 25 / unroll 10 / epoch 5: last.ckpt (step 4) lies mid-epoch and mid-task (second segment of
-    the second task), so the resume must restore the stream position and the carried inner state."""
-    straight = _fit(tmp_path / "a", max_steps=12)
+    the second task), so the resume must restore the stream position and the carried inner state (with PES also
+    its particles, their accumulated perturbations and its random stream)."""
+    straight = _fit(tmp_path / "a", max_steps=12, estimator=estimator)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path / "b", max_steps=12, crash_at=7)
+        _fit(tmp_path / "b", max_steps=12, crash_at=7, estimator=estimator)
     assert torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["global_step"] == 4
-    resumed = _fit(tmp_path / "b", max_steps=12, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    resumed = _fit(tmp_path / "b", max_steps=12, ckpt_path=str(tmp_path / "b" / "last.ckpt"), estimator=estimator)
     for p, q in zip(straight.meta_optimizer.parameters(), resumed.meta_optimizer.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert not all(torch.equal(p, q) for p, q in zip(Opt2Vec().parameters(), resumed.meta_optimizer.parameters()))

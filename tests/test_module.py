@@ -3,9 +3,11 @@ import copy
 import pytest
 import torch
 
-from lightning_l2o import L2OModule, Opt2Vec
+from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer, Opt2Vec, PNAMetaOptimizer
 from lightning_l2o.errors import ConfigError
+from lightning_l2o.estimators import PersistentES, TruncatedBackprop
 from lightning_l2o.evaluation import meta_test
+from lightning_l2o.tasks import TaskSpec
 from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
 
 
@@ -55,7 +57,7 @@ def test_persistent_non_finite_losses_stop_with_a_clear_error(tmp_path):
 
 
 def test_backprop_windows_and_lookahead_train(tmp_path):
-    module = L2OModule(Opt2Vec(), meta_loss="lookahead", backprop_window=1)
+    module = L2OModule(Opt2Vec(), TruncatedBackprop("lookahead", backprop_window=1))
     start = [p.detach().clone() for p in module.meta_optimizer.parameters()]
     tiny_trainer(tmp_path, max_steps=3).fit(module, tiny_datamodule())
     assert any(not torch.equal(a, b) for a, b in zip(start, module.meta_optimizer.parameters()))
@@ -70,8 +72,7 @@ def test_cosine_schedule_decays_the_outer_lr(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, key",
-    [({"meta_loss": "sum"}, "meta_loss"), ({"backprop_window": 0}, "backprop_window"),
-     ({"outer_lr": -1.0}, "outer_lr"), ({"baselines": ["lion"]}, "baselines"), ({"lr_grid": []}, "lr_grid")],
+    [({"outer_lr": -1.0}, "outer_lr"), ({"baselines": ["lion"]}, "baselines"), ({"lr_grid": []}, "lr_grid")],
 )
 def test_bad_values_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=f"model.{key}"):
@@ -86,3 +87,17 @@ def test_incompatible_checkpoint_is_refused_clearly():
         module.on_load_checkpoint(checkpoint)
     with pytest.raises(ConfigError, match="not written by lightning_l2o"):
         module.on_load_checkpoint({"state_dict": {}})
+
+
+@pytest.mark.parametrize("rule", [Opt2Vec, lambda: FFMetaOptimizer(hidden_dim=8, num_layers=1),
+                                  lambda: LSTMMetaOptimizer(hidden_dim=8),
+                                  lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2)],
+                         ids=["opt2vec", "ff", "lstm", "pna"])
+def test_every_learned_rule_meta_trains_with_persistent_es(tmp_path, rule):
+    module = L2OModule(rule(), PersistentES(num_pairs=2), outer_lr=1e-2)
+    start = [p.detach().clone() for p in module.meta_optimizer.parameters()]
+    regression = TaskSpec("regression", arch={"inputs": 4}, batch_size=16, horizon=20)
+    tiny_trainer(tmp_path, max_steps=3).fit(module, tiny_datamodule(train_tasks=[regression]))
+    assert module.hparams.estimator["class_path"] == "lightning_l2o.estimators.persistent_es.PersistentES"
+    assert module.nonfinite_segments == 0 and module._inner.step == 10  # second segment of the second task
+    assert not all(torch.equal(p, q) for p, q in zip(start, module.meta_optimizer.parameters()))

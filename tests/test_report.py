@@ -10,6 +10,7 @@ import torch
 
 from lightning_l2o import FFMetaOptimizer, L2OModule
 from lightning_l2o.errors import ConfigError
+from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.report import evaluation_report, main
 from tests.conftest import REPO, SHARED_DATA, tiny_datamodule, tiny_trainer
 
@@ -17,7 +18,7 @@ PRESETS = ["cifar10-depth1", "cifar10-width8"]
 
 
 def _checkpoint(tmp_path, name: str) -> str:
-    module = L2OModule(FFMetaOptimizer(hidden_dim=8, num_layers=1), meta_loss="lookahead")
+    module = L2OModule(FFMetaOptimizer(hidden_dim=8, num_layers=1), TruncatedBackprop("lookahead"))
     trainer = tiny_trainer(tmp_path / name, max_steps=2)
     trainer.fit(module, tiny_datamodule())
     path = tmp_path / f"{name}.ckpt"

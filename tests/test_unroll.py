@@ -6,14 +6,6 @@ from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, unroll
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def _meta_loss(rule, spec, steps, **kwargs):
     return unroll(rule, InnerState.start(spec, rule), steps, **kwargs).meta_loss
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
+from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers import MetaOptimizer
 from lightning_l2o.unroll import InnerState
 
@@ -32,10 +34,32 @@ class SegmentEstimate:
 
 
 class GradientEstimator(ABC):
-    """Accumulates an estimate of ``d meta-loss / d rule parameters`` for a segment into ``rule``'s ``.grad``."""
+    """Accumulates an estimate of ``d meta-loss / d rule parameters`` for a segment into ``rule``'s ``.grad``.
+
+    Subclasses pass their constructor arguments to ``super().__init__(**config)`` (stored in the run's
+    hyperparameters). An estimator that carries something from segment to segment (persistent particles, random
+    streams) returns it from :meth:`state_dict`, which checkpoints hold per rank for an exact resume.
+    """
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the estimator carries between segments: plain types and tensors only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from what :meth:`state_dict` returned."""
 
     @abstractmethod
     def estimate(self, rule: MetaOptimizer, state: InnerState, length: int, backward: Backward) -> SegmentEstimate | None:
         """Run ``length`` inner steps from ``state`` and call ``backward`` on the loss(es) whose gradient is the
         estimate (``L2OModule`` passes ``manual_backward``). Returns ``None`` where the segment went non-finite
         (the caller then discards any gradient and restarts the task)."""
+
+
+def check_meta_loss(meta_loss: str, lookahead_batch: str, where: str) -> None:
+    """Raise a :class:`ConfigError` naming the keys under ``where`` unless both are known values."""
+    if meta_loss not in ("train", "lookahead") or lookahead_batch not in ("fresh", "same"):
+        raise ConfigError(f"{where}.meta_loss must be train|lookahead and {where}.lookahead_batch fresh|same, "
+                          f"got {meta_loss!r}, {lookahead_batch!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.estimators.base import Backward, GradientEstimator, SegmentEstimate
+from lightning_l2o.estimators.base import Backward, GradientEstimator, SegmentEstimate, check_meta_loss
 from lightning_l2o.meta_optimizers import MetaOptimizer
 from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss, unroll
 
@@ -23,11 +23,11 @@ class TruncatedBackprop(GradientEstimator):
 
     def __init__(self, meta_loss: MetaLoss = "train", lookahead_batch: LookaheadBatch = "fresh",
                  log_meta_loss: bool = False, backprop_window: int | None = None) -> None:
-        if meta_loss not in ("train", "lookahead") or lookahead_batch not in ("fresh", "same"):
-            raise ConfigError(f"model.meta_loss must be train|lookahead and model.lookahead_batch fresh|same, "
-                              f"got {meta_loss!r}, {lookahead_batch!r}")
+        check_meta_loss(meta_loss, lookahead_batch, "model.estimator.init_args")
         if backprop_window is not None and backprop_window < 1:
-            raise ConfigError(f"model.backprop_window must be >= 1 or null, got {backprop_window}")
+            raise ConfigError(f"model.estimator.init_args.backprop_window must be >= 1 or null, got {backprop_window}")
+        super().__init__(meta_loss=meta_loss, lookahead_batch=lookahead_batch, log_meta_loss=log_meta_loss,
+                         backprop_window=backprop_window)
         self.meta_loss, self.lookahead_batch = meta_loss, lookahead_batch
         self.log_meta_loss, self.backprop_window = log_meta_loss, backprop_window
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer, load_learned_optimizer
 from lightning_l2o.errors import ConfigError
+from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.params import ParamLayout, ParamSpace
 from lightning_l2o.unroll import InnerState, unroll
 from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
@@ -72,7 +73,7 @@ def test_bad_arguments_are_named(kwargs, message):
 
 @pytest.mark.parametrize("cls", [FFMetaOptimizer, LSTMMetaOptimizer])
 def test_trained_rule_deploys_as_a_torch_optimizer_from_its_checkpoint(tmp_path, cls):
-    module = L2OModule(cls(hidden_dim=8, num_layers=1), meta_loss="lookahead", outer_lr=1e-2)
+    module = L2OModule(cls(hidden_dim=8, num_layers=1), TruncatedBackprop("lookahead"), outer_lr=1e-2)
     trainer = tiny_trainer(tmp_path, max_steps=2)
     trainer.fit(module, tiny_datamodule())
     trainer.save_checkpoint(tmp_path / "rule.ckpt")

@@ -22,7 +22,8 @@ class Trajectory:
     """One optimizee trained by one method: its loss curve, final metrics and the rule's per-step info.
 
     ``losses`` is the training loss at each inner step ``(T,)``; ``infos`` maps each info key to a
-    ``(T, ...)`` tensor (scalars become ``(T,)``, embeddings ``(T, E)``).
+    ``(T, ...)`` tensor (scalars become ``(T,)``, embeddings ``(T, E)``). ``meta_seed`` tells apart the
+    meta-training runs of one learned method: the index of its checkpoint among several; ``None`` otherwise.
     """
 
     spec: TaskSpec
@@ -32,6 +33,7 @@ class Trajectory:
     final: dict[str, float]
     diverged: bool
     infos: dict[str, Tensor] = field(default_factory=dict)
+    meta_seed: int | None = None
 
     @property
     def final_loss(self) -> float:
@@ -92,7 +94,7 @@ def best_lrs(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, 
     """Per ``(baseline, family)``: the lr with the lowest mean log final training loss (diverged = worst)."""
     scores: dict[tuple[str, str, float], list[float]] = defaultdict(list)
     for (name, lr, _), traj in grid.items():
-        scores[(name, traj.spec.family, lr)].append(_log_loss(traj.final_loss))
+        scores[(name, traj.spec.family, lr)].append(log10_loss(traj.final_loss))
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for (name, family, lr), values in scores.items():
         score = sum(values) / len(values)
@@ -101,7 +103,8 @@ def best_lrs(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, 
     return {key: lr for key, (_, lr) in best.items()}
 
 
-def _log_loss(loss: float) -> float:
+def log10_loss(loss: float) -> float:
+    """``log10(loss)``, floored at 1e-12; ``inf`` for a non-finite loss."""
     return math.log10(max(loss, 1e-12)) if math.isfinite(loss) else math.inf
 
 

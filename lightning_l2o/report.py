@@ -1,18 +1,21 @@
 """The evaluation report: learned optimizers and tuned baselines side by side on task presets x seeds.
 
-    python -m lightning_l2o.report --config configs/eval/suite.yaml --checkpoints '{ff: ff.ckpt, lstm: lstm.ckpt}'
+    python -m lightning_l2o.report --config configs/eval/suite.yaml --checkpoints '{ff: [a.ckpt, b.ckpt], lstm: l.ckpt}'
 
 Every baseline's learning rate is chosen on ``lr_grid`` per task family on the validation seeds of the
-tuning tasks (never on test seeds); then every learned optimizer and every tuned baseline trains each
-task preset with each test seed for ``steps`` inner steps. ``out_dir`` receives ``results.md`` (mean ±
-std of final train loss and test accuracy), ``results.csv`` (one row per run), ``summary.csv``,
-``curves.csv``, ``loss_curves.png`` and a TensorBoard run (``tensorboard --logdir <out_dir>``).
+tuning tasks (never on test seeds); then every learned optimizer (each checkpoint of a method given a list,
+one per meta-training seed) and every tuned baseline trains each task preset with each test seed for
+``steps`` inner steps. ``out_dir`` receives ``results.md`` (mean ± std of final train loss and test
+accuracy, and each learned method paired against tuned Adam on the same test seeds: mean difference, 95 %
+confidence interval, wins / losses, verdict), ``results.csv`` (one row per run), ``summary.csv``,
+``paired.csv``, ``curves.csv``, ``loss_curves.png`` and a TensorBoard run (``tensorboard --logdir <out_dir>``).
 A diverging optimizer is recorded as diverged, not raised.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -22,23 +25,28 @@ from tqdm import tqdm
 
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import PARSER_OPTIONS, ConfigError, config_errors_exit
-from lightning_l2o.evaluation import Trajectory, best_lrs, meta_test, summarize
+from lightning_l2o.evaluation import Trajectory, best_lrs, meta_test
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.baselines import BASELINES
 from lightning_l2o.reporting import (
     curve_rows,
     markdown_table,
+    method_rows,
+    paired_rows,
+    paired_table,
     plot_loss_curves,
     result_rows,
     save_figure,
-    versus_table,
     write_csv,
 )
 from lightning_l2o.tasks import TaskSpec, build_task
 
+REFERENCE = "adam"
+"""The baseline every learned method is paired against in ``results.md`` and ``paired.csv``."""
+
 
 def evaluation_report(
-    checkpoints: dict[str, str] | None = None,
+    checkpoints: dict[str, str | list[str]] | None = None,
     tasks: Sequence[str] = ("17",),
     seeds: Sequence[int] = (101, 102, 103, 104, 105),
     steps: int = 1000,
@@ -53,7 +61,9 @@ def evaluation_report(
     """Write the evaluation report and return every trajectory.
 
     Args:
-        checkpoints: ``{method name: fit checkpoint}`` of the learned optimizers to evaluate.
+        checkpoints: ``{method name: fit checkpoint}`` of the learned optimizers to evaluate; a list of
+            checkpoints instead of one for a method meta-trained with several seeds (each is evaluated, the
+            report gives every meta-seed and mean ± std over them).
         tasks: task presets (names or numeric ids, see :mod:`lightning_l2o.tasks.presets`).
         seeds: test seeds of every task.
         steps: inner steps each optimizee is trained for.
@@ -77,9 +87,9 @@ def evaluation_report(
     runs = len(val_specs) * len(baselines) * len(lr_grid) + len(test_specs) * (len(learned) + len(baselines))
     progress = tqdm(total=runs, desc="evaluation runs", unit="run")
 
-    def run(rule: MetaOptimizer, spec: TaskSpec, method: str) -> Trajectory:
-        progress.set_postfix_str(f"{method} on {spec.name}")
-        trajectory = meta_test(rule, spec, method=method, device=device)
+    def run(rule: MetaOptimizer, spec: TaskSpec, method: str, meta_seed: int | None = None) -> Trajectory:
+        progress.set_postfix_str(f"{method}{'' if meta_seed is None else f' #{meta_seed}'} on {spec.name}")
+        trajectory = replace(meta_test(rule, spec, method=method, device=device), meta_seed=meta_seed)
         progress.update()
         return trajectory
 
@@ -88,32 +98,36 @@ def evaluation_report(
     tuned = best_lrs(grid)
     trajectories = []
     for spec in test_specs:
-        trajectories += [run(rule, spec, method) for method, rule in learned.items()]
+        trajectories += [run(rule, spec, method, meta_seed) for method, meta_seed, rule in learned]
         for name in baselines:
             if (name, spec.family) not in tuned:
                 raise ConfigError(f"no tuning task of family '{spec.family}' for {spec.name}; add one to tuning_tasks")
             trajectories.append(run(build_baseline(name, tuned[(name, spec.family)]), spec, name))
     progress.close()
-    write_report(trajectories, Path(out_dir), list(learned))
+    write_report(trajectories, Path(out_dir), list(dict.fromkeys(method for method, _, _ in learned)))
     return trajectories
 
 
 def write_report(trajectories: list[Trajectory], out_dir: Path, learned: list[str]) -> None:
-    """Tables, curves and a TensorBoard run of ``trajectories`` in ``out_dir``."""
+    """Tables, curves and a TensorBoard run of ``trajectories`` in ``out_dir``; the ``learned`` methods are paired
+    against :data:`REFERENCE` if it was run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(trajectories)
-    if learned and any(t.method == "adam" for t in trajectories):
-        table += "\n\n" + versus_table(trajectories, "adam", learned)
+    if learned and any(t.method == REFERENCE for t in trajectories):
+        paired = paired_rows(trajectories, REFERENCE, learned)
+        table += "\n\n" + paired_table(paired, REFERENCE)
+        write_csv(paired, out_dir / "paired.csv")
     (out_dir / "results.md").write_text(table + "\n")
     write_csv(result_rows(trajectories), out_dir / "results.csv")
-    write_csv(summarize(trajectories), out_dir / "summary.csv")
+    summary = method_rows(trajectories)
+    write_csv(summary, out_dir / "summary.csv")
     write_csv(curve_rows(trajectories), out_dir / "curves.csv")
     fig = plot_loss_curves(trajectories)
     save_figure(fig, out_dir / "loss_curves.png")
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:
         writer.add_figure("evaluation/loss_curves", fig)
         writer.add_text("evaluation/results", table)
-        for row in summarize(trajectories):
+        for row in summary:
             prefix = f"evaluation/{row['architecture']}/{row['method']}"
             writer.add_scalar(f"{prefix}/final_loss", row["final_loss_mean"])
             writer.add_scalar(f"{prefix}/test_accuracy", row["test_accuracy_mean"])
@@ -122,11 +136,23 @@ def write_report(trajectories: list[Trajectory], out_dir: Path, learned: list[st
     print(table)
 
 
-def _load_learned(checkpoints: dict[str, str]) -> dict[str, MetaOptimizer]:
+def _load_learned(checkpoints: dict[str, str | list[str]]) -> list[tuple[str, int | None, MetaOptimizer]]:
+    """``(method, meta-seed, rule)`` per checkpoint; the meta-seed is its index in the method's list, ``None`` for
+    a method given one path."""
     clashes = sorted(set(checkpoints) & set(BASELINES))
     if clashes:
         raise ConfigError(f"checkpoint names {clashes} clash with baseline names; name them e.g. 'ff' or 'lstm'")
-    return {name: load_meta_optimizer(path) for name, path in checkpoints.items()}
+    learned = []
+    for name, given in checkpoints.items():
+        if isinstance(given, str | Path):
+            learned.append((name, None, load_meta_optimizer(given)))
+            continue
+        paths = [str(path) for path in given]
+        if not paths or len(set(paths)) < len(paths):
+            raise ConfigError(f"checkpoints.{name} must be one path or a list of distinct paths, one per "
+                              f"meta-training seed; got {paths}")
+        learned += [(name, meta_seed, load_meta_optimizer(path)) for meta_seed, path in enumerate(paths)]
+    return learned
 
 
 def _specs(presets: Sequence[str], seeds: Sequence[int], steps: int, data_dir: str | None) -> list[TaskSpec]:

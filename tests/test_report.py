@@ -36,7 +36,7 @@ def _report(tmp_path, data_dir, checkpoints):
 def test_tiny_report_has_every_method_on_every_preset(tmp_path, fake_cifar10):
     trajectories = _report(tmp_path, str(fake_cifar10), {"ff": _checkpoint(tmp_path, "ff")})
     out = tmp_path / "report"
-    assert {p.name for p in out.iterdir()} >= {"results.md", "results.csv", "summary.csv", "curves.csv",
+    assert {p.name for p in out.iterdir()} >= {"results.md", "results.csv", "summary.csv", "paired.csv", "curves.csv",
                                               "loss_curves.png", "tensorboard"}
     assert any((out / "tensorboard").glob("events.out.tfevents.*"))
     rows = list(csv.DictReader((out / "summary.csv").open()))
@@ -48,7 +48,7 @@ def test_tiny_report_has_every_method_on_every_preset(tmp_path, fake_cifar10):
             assert math.isfinite(float(row["final_loss_mean"])) and math.isfinite(float(row["test_accuracy_mean"]))
     table = (out / "results.md").read_text()
     assert all(p in table for p in PRESETS) and "± " in table
-    assert "Δ test accuracy vs adam" in table and table.count("| ff |") == 2 * 2  # summary + versus rows
+    assert "Δ test accuracy (pp) [95 % CI]" in table and table.count("| ff |") == 2 * 2  # summary + paired rows
     assert all(len(t.losses) == 4 for t in trajectories if not t.diverged)
     tuned = {t.method: t.lr for t in trajectories if t.method != "ff"}
     assert set(tuned.values()) <= {0.001, 0.01}
@@ -64,6 +64,33 @@ def test_a_diverging_learned_optimizer_is_reported_not_raised(tmp_path, fake_cif
     assert wild and all(t.diverged for t in wild)
     assert "| 2/2 |" in (tmp_path / "report" / "results.md").read_text()
     assert all(not t.diverged and math.isfinite(t.final_loss) for t in trajectories if t.method == "adam")
+
+
+def test_a_list_of_checkpoints_is_one_method_over_meta_seeds_paired_with_adam(tmp_path, fake_cifar10):
+    checkpoints = [_checkpoint(tmp_path, "ff0"), _checkpoint(tmp_path, "ff1")]
+    trajectories = evaluation_report(
+        checkpoints={"ff": checkpoints}, tasks=["cifar10-depth1"], seeds=[101, 102], steps=3, baselines=["adam"],
+        lr_grid=[0.01], val_seeds=[201], out_dir=str(tmp_path / "report"), data_dir=str(fake_cifar10),
+    )
+    ff = [t for t in trajectories if t.method == "ff"]
+    assert sorted((t.meta_seed, t.spec.seed) for t in ff) == [(0, 101), (0, 102), (1, 101), (1, 102)]
+    assert all(t.meta_seed is None for t in trajectories if t.method == "adam")
+    out = tmp_path / "report"
+    runs = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["meta_seed"] for r in runs if r["method"] == "ff") == ["0", "0", "1", "1"]
+    paired = list(csv.DictReader((out / "paired.csv").open()))
+    assert [(r["method"], r["meta_seed"], r["pairs"]) for r in paired] == [("ff", "0", "2"), ("ff", "1", "2"),
+                                                                           ("ff", "all", "4")]
+    adam = {t.spec.seed: t.final["test_accuracy"] for t in trajectories if t.method == "adam"}
+    for row in paired[:2]:
+        ours = [t for t in ff if t.meta_seed == int(row["meta_seed"])]
+        expected = sum(100 * (t.final["test_accuracy"] - adam[t.spec.seed]) for t in ours) / len(ours)
+        assert float(row["accuracy_pct_diff"]) == pytest.approx(expected, abs=1e-9)
+        assert row["accuracy_pct_verdict"] in {"better", "worse", "tie"}
+    table = (out / "results.md").read_text()
+    assert "| ff | mean ± std of 2 | 4 |" in table and "| 2 meta-seeds |" in table
+    assert {r["method"]: r["meta_seeds"] for r in csv.DictReader((out / "summary.csv").open())} == {"ff": "2",
+                                                                                                   "adam": "1"}
 
 
 def test_report_rejects_test_seeds_among_validation_seeds(tmp_path, fake_cifar10):
@@ -87,6 +114,16 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([f"--checkpoints={{ff: {tmp_path / 'nope.ckpt'}}}", f"--out_dir={tmp_path}"])
     assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_checkpoint_lists_are_parsed_from_the_command_line_and_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([f"--checkpoints={{ff: [{tmp_path / 'a.ckpt'}, {tmp_path / 'b.ckpt'}]}}", f"--out_dir={tmp_path}"])
+    assert f"checkpoint not found: {tmp_path / 'a.ckpt'};" in capsys.readouterr().err  # the first path, not the list
+    for given in ("[]", f"[{tmp_path / 'a.ckpt'}, {tmp_path / 'a.ckpt'}]"):
+        with pytest.raises(SystemExit):
+            main([f"--checkpoints={{ff: {given}}}", f"--out_dir={tmp_path}"])
+        assert "checkpoints.ff must be one path or a list of distinct paths" in capsys.readouterr().err
 
 
 def test_learned_weights_survive_the_round_trip(tmp_path):

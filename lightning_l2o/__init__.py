@@ -12,8 +12,9 @@ from lightning_l2o.meta_optimizers import (
 )
 from lightning_l2o.module import L2OModule
 from lightning_l2o.optim import LearnedOptimizer, Opt2VecOptimizer, load_learned_optimizer
+from lightning_l2o.pretrained import list_pretrained, load_pretrained, pretrained_card
 
 __all__ = [
     "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "PNAMetaOptimizer", "SGDMomentum",
-    "load_learned_optimizer", "load_meta_optimizer",
+    "list_pretrained", "load_learned_optimizer", "load_meta_optimizer", "load_pretrained", "pretrained_card",
 ]

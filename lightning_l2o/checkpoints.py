@@ -3,7 +3,9 @@
 A checkpoint is read weights-only (tensors and plain values, no pickled objects), from a local file only, and
 the meta-optimizer it names is built only if its class is a registered update rule
 (:data:`~lightning_l2o.meta_optimizers.base.UPDATE_RULES`): nothing a file names is imported or called.
-Every reader (deployment, the report, the command line) goes through :func:`read_checkpoint`.
+Every reader (deployment, the report, the command line) goes through :func:`read_checkpoint`; wherever a
+checkpoint names a learned optimizer, ``pretrained:<name>`` names one shipped with the package instead
+(:mod:`lightning_l2o.pretrained`, read the same way).
 """
 
 from __future__ import annotations
@@ -25,29 +27,42 @@ CHECKPOINT_KEY = "lightning_l2o"
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 WEIGHTS_PREFIX = "meta_optimizer."
 FIX = "pass a .ckpt written by `python -m lightning_l2o fit`"
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def load_weights_only(
+    path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint", fix: str = FIX
+) -> Any:
+    """``torch.load(path, weights_only=True)`` of a local file; a :class:`ConfigError` naming the file, the problem
+    and ``fix`` for URLs, missing files and files it cannot read (truncated, garbage, pickled objects)."""
+    if "://" in str(path):
+        raise ConfigError(f"{what} {path} is a URL; only local files are read: download it and pass its path")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}; {fix}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 (truncated or garbage files fail in many ways inside torch.load)
+        raise ConfigError(f"{path} is not a readable {what} ({_one_line(err)}); {fix}") from None
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The contents of a ``fit`` checkpoint; a :class:`ConfigError` naming the file and the problem otherwise.
 
-    Refused: URLs, missing files, files ``torch.load(weights_only=True)`` cannot read (truncated, garbage,
-    pickled objects), and files without this project's entry.
+    Refused: what :func:`load_weights_only` refuses, and files without this project's entry.
     """
-    if "://" in str(path):
-        raise ConfigError(f"checkpoint {path} is a URL; only local files are read: download it and pass its path")
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}; {FIX}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 (truncated or garbage files fail in many ways inside torch.load)
-        raise ConfigError(f"{path} is not a readable checkpoint ({_one_line(err)}); {FIX}") from None
+    checkpoint = load_weights_only(path, map_location)
     entry = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    rule = entry.get("meta_optimizer") if isinstance(entry, dict) else None
-    if not (isinstance(rule, dict) and isinstance(rule.get("class_path"), str) and isinstance(rule.get("init_args"), dict)
+    if not (isinstance(entry, dict) and is_rule_config(entry.get("meta_optimizer"))
             and isinstance(checkpoint.get("state_dict"), dict) and LIGHTNING_VERSION_KEY in checkpoint):
         raise ConfigError(f"{path} was not written by lightning_l2o (no valid '{CHECKPOINT_KEY}' entry); {FIX}")
     return checkpoint
+
+
+def is_rule_config(saved: Any) -> bool:
+    """Whether ``saved`` has the form of a recorded meta-optimizer: ``{"class_path": str, "init_args": dict}``."""
+    return (isinstance(saved, dict) and isinstance(saved.get("class_path"), str)
+            and isinstance(saved.get("init_args"), dict))
 
 
 def meta_optimizer_config(rule: MetaOptimizer) -> dict[str, Any]:
@@ -81,17 +96,26 @@ def check_compatible(saved: dict[str, Any], rule: MetaOptimizer) -> None:
                           f"set model.meta_optimizer.init_args to the checkpoint's values")
 
 
-def load_meta_optimizer(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> MetaOptimizer:
-    """The trained meta-optimizer stored in a ``fit`` checkpoint."""
-    checkpoint = read_checkpoint(ckpt_path, map_location)
-    rule = build_meta_optimizer(checkpoint[CHECKPOINT_KEY]["meta_optimizer"], ckpt_path)
-    weights = {k[len(WEIGHTS_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(WEIGHTS_PREFIX)}
+def restore_meta_optimizer(saved: dict[str, Any], weights: dict[str, Any], source: str | Path) -> MetaOptimizer:
+    """The registered update rule ``saved`` records (see :func:`build_meta_optimizer`) holding ``weights``."""
+    rule = build_meta_optimizer(saved, source)
     try:
         rule.load_state_dict(weights)
     except RuntimeError as err:
-        raise ConfigError(f"{ckpt_path}: the stored weights do not fit {type(rule).__name__}: "
+        raise ConfigError(f"{source}: the stored weights do not fit {type(rule).__name__}: "
                           f"{_one_line(err)}") from None
     return rule
+
+
+def load_meta_optimizer(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> MetaOptimizer:
+    """The trained meta-optimizer stored in a ``fit`` checkpoint, or the shipped one ``pretrained:<name>`` names."""
+    if str(ckpt_path).startswith(PRETRAINED_PREFIX):
+        from lightning_l2o.pretrained import pretrained_rule  # that module builds on this one
+
+        return pretrained_rule(str(ckpt_path)[len(PRETRAINED_PREFIX):], map_location)
+    checkpoint = read_checkpoint(ckpt_path, map_location)
+    weights = {k[len(WEIGHTS_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(WEIGHTS_PREFIX)}
+    return restore_meta_optimizer(checkpoint[CHECKPOINT_KEY]["meta_optimizer"], weights, ckpt_path)
 
 
 class FinalCheckpoint(pl.Callback):

@@ -135,7 +135,8 @@ def load_learned_optimizer(
     ckpt_path: str | Path, params: Params | nn.Module, lr: float | None = None,
     map_location: str | torch.device = "cpu",
 ) -> LearnedOptimizer:
-    """A ``torch.optim.Optimizer`` driven by the meta-optimizer trained in ``ckpt_path`` (``lr``: its base lr).
+    """A ``torch.optim.Optimizer`` driven by the meta-optimizer trained in ``ckpt_path`` (``lr``: its base lr);
+    ``ckpt_path`` may also be ``pretrained:<name>``, one of :func:`lightning_l2o.pretrained.list_pretrained`.
 
     ``params``: the model itself (needed by rules that read its structure, e.g. PNA; nested ``nn.Sequential``
     and a ``LightningModule`` passing ``self`` work) or its parameters.

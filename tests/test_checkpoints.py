@@ -13,23 +13,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from lightning_l2o import FFMetaOptimizer, L2OModule, Opt2Vec, load_learned_optimizer
+from lightning_l2o import L2OModule, Opt2Vec, load_learned_optimizer
 from lightning_l2o.checkpoints import CHECKPOINT_KEY, load_meta_optimizer, meta_optimizer_config
 from lightning_l2o.cli import main as cli_main
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.meta_optimizers.base import UPDATE_RULES, class_path
 from lightning_l2o.report import main as report_main
 from tests.conftest import REPO, tiny_datamodule, tiny_trainer
-
-
-@pytest.fixture(scope="module")
-def ff_checkpoint(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ff")
-    trainer = tiny_trainer(root, max_steps=2)
-    trainer.fit(L2OModule(FFMetaOptimizer(hidden_dim=8, num_layers=1), TruncatedBackprop("lookahead")), tiny_datamodule())
-    trainer.save_checkpoint(root / "ff.ckpt")
-    return root / "ff.ckpt"
 
 
 def _payload_checkpoint(path: Path, marker: Path) -> Path:

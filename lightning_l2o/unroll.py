@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -18,13 +18,18 @@ LookaheadBatch = Literal["fresh", "same"]
 
 @dataclass
 class InnerState:
-    """Everything an optimizee's training carries from one step to the next."""
+    """Everything an optimizee's training carries from one step to the next.
+
+    ``initial_loss``: the training loss at the optimizee's initial parameters (on its first batch), recorded by the
+    first unroll that normalises losses by it (``None`` until then).
+    """
 
     task: Task
     params: Tensor
     opt_state: State
     step: int
     generator: torch.Generator
+    initial_loss: float | None = None
 
     @classmethod
     def start(cls, spec: TaskSpec, update_rule: MetaOptimizer, device: torch.device | str = "cpu") -> InnerState:
@@ -36,20 +41,15 @@ class InnerState:
 
     def detached(self) -> InnerState:
         """The same state cut from the autograd graph: the boundary between truncations."""
-        return InnerState(
-            self.task, self.params.detach(), {k: v.detach() for k, v in self.opt_state.items()}, self.step,
-            self.generator,
-        )
+        return replace(self, params=self.params.detach(), opt_state={k: v.detach() for k, v in self.opt_state.items()})
 
     def copy(self) -> InnerState:
         """An independent detached copy sharing the task; its batch generator continues from the same position, so
         the copy trains on the same batches as the original."""
         generator = torch.Generator(self.generator.device)
         generator.set_state(self.generator.get_state())
-        return InnerState(
-            self.task, self.params.detach().clone(), {k: v.detach().clone() for k, v in self.opt_state.items()},
-            self.step, generator,
-        )
+        return replace(self, params=self.params.detach().clone(),
+                       opt_state={k: v.detach().clone() for k, v in self.opt_state.items()}, generator=generator)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.params).all()) and all(
@@ -64,6 +64,7 @@ class InnerState:
             "opt_state": {k: v.detach().clone() for k, v in self.opt_state.items()},
             "step": self.step,
             "generator": self.generator.get_state(),
+            "initial_loss": self.initial_loss,
         }
 
     @classmethod
@@ -75,7 +76,7 @@ class InnerState:
         generator = torch.Generator()
         generator.set_state(data["generator"])
         opt_state = {k: v.to(device) for k, v in data["opt_state"].items()}
-        return cls(task, data["params"].to(device), opt_state, data["step"], generator)
+        return cls(task, data["params"].to(device), opt_state, data["step"], generator, data.get("initial_loss"))
 
 
 def inner_step(
@@ -95,7 +96,7 @@ def inner_step(
     rule_loss = loss if create_graph else loss.detach()
     with torch.set_grad_enabled(track_update):
         new_params, opt_state, info = update_rule(params, grads, rule_loss, state.opt_state, state.task.space, lr)
-    return InnerState(state.task, new_params, opt_state, state.step + 1, state.generator), loss, batch, info
+    return replace(state, params=new_params, opt_state=opt_state, step=state.step + 1), loss, batch, info
 
 
 @dataclass
@@ -116,6 +117,7 @@ def unroll(
     lookahead_batch: LookaheadBatch = "fresh",
     log_loss: bool = False,
     differentiable: bool = True,
+    normalise_loss: bool = False,
 ) -> UnrollResult:
     """Run ``num_steps`` inner steps from ``state`` and return the meta-loss.
 
@@ -126,6 +128,9 @@ def unroll(
           the ``same`` batch the update was computed from (one-step lookahead).
 
     ``log_loss`` averages ``log(loss)`` instead, so that tasks whose losses differ in scale weigh alike.
+    ``normalise_loss`` divides every loss by the optimizee's :attr:`InnerState.initial_loss` (recorded from its
+    first inner step), so that task families of different loss scales weigh alike in a mixture; a state that
+    has none (a checkpoint from before the option) takes the loss before this segment's first update.
 
     Gradients are taken with ``create_graph=True`` only when ``num_steps > 1``: a single step starts from
     detached parameters, so its gradient has no dependence on the meta-parameters. ``differentiable=False``
@@ -138,6 +143,8 @@ def unroll(
     terms, inner_losses, infos = [], [], []
     for i in range(num_steps):
         state, loss, batch, info = inner_step(update_rule, state, update_rule.lr, create_graph, differentiable)
+        if normalise_loss and state.initial_loss is None:
+            state = replace(state, initial_loss=max(float(loss), 1e-12))
         inner_losses.append(loss.detach())
         infos.append(info)
         if meta_loss == "train" and i > 0:
@@ -150,7 +157,7 @@ def unroll(
     scalar_info = {
         k: torch.stack([i[k].detach() for i in infos]).mean() for k, v in infos[0].items() if v.dim() == 0
     }
-    terms = torch.stack(terms)
+    terms = torch.stack(terms) / (state.initial_loss if normalise_loss else 1.0)
     meta = (terms.clamp_min(1e-12).log() if log_loss else terms).mean()
     if not differentiable:
         meta, state = meta.detach(), state.detached()

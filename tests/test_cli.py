@@ -25,7 +25,7 @@ SHORT_IMAGE_TASKS = [
     "--data.init_args.test_tasks=[{preset: '17', horizon: 3}, {preset: fashion_mnist-depth1, horizon: 3}]",
     "--model.init_args.lr_grid=[0.01]",
 ]
-IMAGE_CONFIGS = {"ff.yaml", "lstm.yaml", "pna.yaml"}
+IMAGE_CONFIGS = {p.name for p in CONFIGS if "preset:" in p.read_text()}
 
 
 def _run(tmp_path: Path, *args: str) -> None:

@@ -55,3 +55,19 @@ def test_inner_state_round_trips_through_a_state_dict():
     restored = InnerState.from_state_dict(state.state_dict())
     a, b = unroll(rule, state, 2), unroll(rule, restored, 2)
     assert torch.equal(a.meta_loss, b.meta_loss) and torch.equal(a.state.params, b.state.params)
+
+
+def test_normalised_losses_are_divided_by_the_loss_at_initialisation_across_segments():
+    rule = Opt2Vec()
+    spec = TaskSpec("quadratic", arch={"dim": 5}, seed=4)
+    start = InnerState.start(spec, rule)
+    initial = float(start.task.loss(start.params, ()))
+    plain = unroll(rule, start.copy(), 3)
+    normalised = unroll(rule, start.copy(), 3, normalise_loss=True)
+    assert normalised.state.initial_loss == pytest.approx(initial)
+    torch.testing.assert_close(normalised.meta_loss, plain.meta_loss / initial)
+    carried = InnerState.from_state_dict(normalised.state.detached().state_dict())
+    assert carried.initial_loss == pytest.approx(initial)
+    later_plain = unroll(rule, plain.state.detached(), 2)
+    later = unroll(rule, carried, 2, normalise_loss=True)
+    torch.testing.assert_close(later.meta_loss, later_plain.meta_loss / initial)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers import MetaOptimizer
-from lightning_l2o.unroll import InnerState
+from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss, UnrollResult, unroll
 
 Backward = Callable[[Tensor], None]
 
@@ -58,8 +58,29 @@ class GradientEstimator(ABC):
         (the caller then discards any gradient and restarts the task)."""
 
 
-def check_meta_loss(meta_loss: str, lookahead_batch: str, where: str) -> None:
-    """Raise a :class:`ConfigError` naming the keys under ``where`` unless both are known values."""
-    if meta_loss not in ("train", "lookahead") or lookahead_batch not in ("fresh", "same"):
-        raise ConfigError(f"{where}.meta_loss must be train|lookahead and {where}.lookahead_batch fresh|same, "
-                          f"got {meta_loss!r}, {lookahead_batch!r}")
+@dataclass(frozen=True)
+class MetaObjective:
+    """What a segment's meta-loss is (see :func:`~lightning_l2o.unroll.unroll`), shared by every estimator.
+
+    Args:
+        meta_loss: ``train`` (mean training loss over the unroll) or ``lookahead`` (loss right after each update).
+        lookahead_batch: for ``lookahead``, a ``fresh`` batch or the ``same`` batch the update was computed on.
+        log_meta_loss: average log losses.
+        normalise_loss: divide losses by the optimizee's loss at initialisation, so that the task families of a
+            mixture weigh alike.
+    """
+
+    meta_loss: MetaLoss = "train"
+    lookahead_batch: LookaheadBatch = "fresh"
+    log_meta_loss: bool = False
+    normalise_loss: bool = False
+
+    def __post_init__(self) -> None:
+        if self.meta_loss not in ("train", "lookahead") or self.lookahead_batch not in ("fresh", "same"):
+            raise ConfigError(f"model.estimator.init_args.meta_loss must be train|lookahead and lookahead_batch "
+                              f"fresh|same, got {self.meta_loss!r}, {self.lookahead_batch!r}")
+
+    def unroll(self, rule: MetaOptimizer, state: InnerState, length: int, differentiable: bool = True) -> UnrollResult:
+        """``length`` inner steps from ``state`` and their meta-loss."""
+        return unroll(rule, state, length, self.meta_loss, self.lookahead_batch, self.log_meta_loss, differentiable,
+                      self.normalise_loss)

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.estimators.base import Backward, GradientEstimator, SegmentEstimate, check_meta_loss
+from lightning_l2o.estimators.base import Backward, GradientEstimator, MetaObjective, SegmentEstimate
 from lightning_l2o.meta_optimizers import MetaOptimizer
-from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss, unroll
+from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss
 
 Position = tuple[int, int, int]
 
@@ -36,18 +36,19 @@ class PersistentES(GradientEstimator):
         meta_loss: ``train`` or ``lookahead`` (see :func:`~lightning_l2o.unroll.unroll`).
         lookahead_batch: for ``lookahead``, a ``fresh`` batch or the ``same`` batch.
         log_meta_loss: average log losses.
+        normalise_loss: divide losses by the optimizee's loss at initialisation (task mixtures).
         seed: seed of the perturbations (offset by the process rank under DDP).
     """
 
     def __init__(self, num_pairs: int = 8, sigma: float = 0.01, meta_loss: MetaLoss = "train",
-                 lookahead_batch: LookaheadBatch = "fresh", log_meta_loss: bool = False, seed: int = 0) -> None:
+                 lookahead_batch: LookaheadBatch = "fresh", log_meta_loss: bool = False, normalise_loss: bool = False,
+                 seed: int = 0) -> None:
         if num_pairs < 1 or not sigma > 0:
             raise ConfigError(f"model.estimator: num_pairs must be >= 1 and sigma > 0, got {num_pairs}, {sigma}")
-        check_meta_loss(meta_loss, lookahead_batch, "model.estimator.init_args")
+        self.objective = MetaObjective(meta_loss, lookahead_batch, log_meta_loss, normalise_loss)
         super().__init__(num_pairs=num_pairs, sigma=sigma, meta_loss=meta_loss, lookahead_batch=lookahead_batch,
-                         log_meta_loss=log_meta_loss, seed=seed)
+                         log_meta_loss=log_meta_loss, normalise_loss=normalise_loss, seed=seed)
         self.num_pairs, self.sigma, self.seed = num_pairs, sigma, seed
-        self.meta_loss, self.lookahead_batch, self.log_meta_loss = meta_loss, lookahead_batch, log_meta_loss
         self._generator: torch.Generator | None = None
         self._particles: list[InnerState] = []
         self._accumulated: Tensor | None = None
@@ -65,8 +66,7 @@ class PersistentES(GradientEstimator):
         for i, particle in enumerate(self._particles):
             sign = 1.0 if i % 2 == 0 else -1.0
             with _perturbed(params, theta + sign * eps[i // 2]):
-                results.append(unroll(rule, particle, length, self.meta_loss, self.lookahead_batch,
-                                      self.log_meta_loss, differentiable=False))
+                results.append(self.objective.unroll(rule, particle, length, differentiable=False))
         losses = torch.stack([r.meta_loss for r in results])
         if not torch.isfinite(losses).all() or not all(r.state.is_finite() for r in results):
             self._particles, self._position = [], None  # the module restarts the task; so do the particles

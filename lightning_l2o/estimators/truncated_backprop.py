@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.estimators.base import Backward, GradientEstimator, SegmentEstimate, check_meta_loss
+from lightning_l2o.estimators.base import Backward, GradientEstimator, MetaObjective, SegmentEstimate
 from lightning_l2o.meta_optimizers import MetaOptimizer
-from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss, unroll
+from lightning_l2o.unroll import InnerState, LookaheadBatch, MetaLoss
 
 
 class TruncatedBackprop(GradientEstimator):
@@ -17,26 +17,27 @@ class TruncatedBackprop(GradientEstimator):
         meta_loss: ``train`` (mean training loss over the unroll) or ``lookahead`` (loss right after each update).
         lookahead_batch: for ``lookahead``, a ``fresh`` batch or the ``same`` batch the update was computed on.
         log_meta_loss: average log losses.
+        normalise_loss: divide losses by the optimizee's loss at initialisation (task mixtures).
         backprop_window: cut the segment into windows of at most this many steps, the state detached between
             them (``None``: one window); the windows' gradients are averaged.
     """
 
     def __init__(self, meta_loss: MetaLoss = "train", lookahead_batch: LookaheadBatch = "fresh",
-                 log_meta_loss: bool = False, backprop_window: int | None = None) -> None:
-        check_meta_loss(meta_loss, lookahead_batch, "model.estimator.init_args")
+                 log_meta_loss: bool = False, backprop_window: int | None = None,
+                 normalise_loss: bool = False) -> None:
+        self.objective = MetaObjective(meta_loss, lookahead_batch, log_meta_loss, normalise_loss)
         if backprop_window is not None and backprop_window < 1:
             raise ConfigError(f"model.estimator.init_args.backprop_window must be >= 1 or null, got {backprop_window}")
         super().__init__(meta_loss=meta_loss, lookahead_batch=lookahead_batch, log_meta_loss=log_meta_loss,
-                         backprop_window=backprop_window)
-        self.meta_loss, self.lookahead_batch = meta_loss, lookahead_batch
-        self.log_meta_loss, self.backprop_window = log_meta_loss, backprop_window
+                         backprop_window=backprop_window, normalise_loss=normalise_loss)
+        self.backprop_window = backprop_window
 
     def estimate(self, rule: MetaOptimizer, state: InnerState, length: int, backward: Backward) -> SegmentEstimate | None:
         window = self.backprop_window or length
         lengths = [min(window, length - s) for s in range(0, length, window)]
         meta_losses, inner_losses, infos = [], [], []
         for steps in lengths:
-            result = unroll(rule, state, steps, self.meta_loss, self.lookahead_batch, self.log_meta_loss)
+            result = self.objective.unroll(rule, state, steps)
             if not torch.isfinite(result.meta_loss) or not result.state.is_finite():
                 return None
             backward(result.meta_loss / len(lengths))

@@ -39,35 +39,46 @@ def last_checkpoint(method: str, run: str) -> Path:
     return OUT / method / run / "checkpoints" / "last.ckpt"
 
 
-def fit(methods: list[str], outer_steps: int, resume: bool, run: str) -> None:
+def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int) -> None:
     procs = {}
     for method in methods:
         cmd = [sys.executable, "-m", "lightning_l2o", "fit", f"--config={REPO / 'configs' / f'{method}.yaml'}",
                f"--trainer.max_steps={outer_steps}", "--trainer.limit_val_batches=0",
                "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={OUT}",
-               f"--trainer.logger.init_args.version={run}"]
+               f"--trainer.logger.init_args.version={run}", f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
         if resume and last_checkpoint(method, run).is_file():
             cmd.append(f"--ckpt_path={last_checkpoint(method, run)}")
         print(" ".join(cmd), flush=True)
         OUT.mkdir(parents=True, exist_ok=True)
-        log = (OUT / f"{method}_fit.log").open("a")
+        log = (OUT / f"{method}_{run}_fit.log").open("a")
         procs[method] = (subprocess.Popen(cmd, cwd=REPO, env=_env(1), stdout=log, stderr=subprocess.STDOUT), time.time())
     for method, (proc, start) in procs.items():
         if proc.wait() != 0:
-            raise SystemExit(f"{method} fit failed; see {OUT / f'{method}_fit.log'}")
+            raise SystemExit(f"{method} fit failed; see {OUT / f'{method}_{run}_fit.log'}")
         print(f"{method}: {outer_steps} outer steps in {(time.time() - start) / 60:.1f} min", flush=True)
 
 
 def report(
     methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
-    name: str, baselines: list[str], run: str,
+    name: str, baselines: list[str], runs: list[str],
 ) -> None:
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
-           "--checkpoints", str({m: str(last_checkpoint(m, run)) for m in methods})]
+           "--checkpoints", str(_checkpoints(methods, runs))]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, env=_env(2), check=True)
+
+
+def _checkpoints(methods: list[str], runs: list[str]) -> dict[str, str | list[str]]:
+    """Each method's ``last.ckpt`` of every run in ``runs`` that it has (several: one per meta-training seed)."""
+    found = {m: [str(last_checkpoint(m, run)) for run in runs if last_checkpoint(m, run).is_file()] for m in methods}
+    missing = [m for m, paths in found.items() if not paths]
+    if missing:
+        raise SystemExit(f"no last.ckpt of {missing} in runs {runs}; run `fit` first (or name other --runs)")
+    for method, paths in found.items():
+        print(f"{method}: {len(paths)} meta-training run(s): {paths}", flush=True)
+    return {m: paths if len(paths) > 1 else paths[0] for m, paths in found.items()}
 
 
 def main() -> None:
@@ -77,9 +88,12 @@ def main() -> None:
     fit_parser.add_argument("--outer-steps", type=int, default=300)
     fit_parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     fit_parser.add_argument("--resume", action="store_true", help="continue from each method's last.ckpt")
+    fit_parser.add_argument("--seed", type=int, default=0,
+                            help="meta-training seed: the rule's initialisation and the training task stream")
+    fit_parser.add_argument("--run", default="0", help="run folder under benchmarks/results/replication/<method>")
     report_parser = sub.add_parser("report")
-    for stage_parser in (fit_parser, report_parser):
-        stage_parser.add_argument("--run", default="0", help="run folder under benchmarks/results/replication/<method>")
+    report_parser.add_argument("--runs", nargs="+", default=["0"],
+                               help="run folders of each method (several: one per meta-training seed)")
     report_parser.add_argument("--steps", type=int, default=1000)
     report_parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
@@ -90,11 +104,11 @@ def main() -> None:
     report_parser.add_argument("--baselines", nargs="+", default=["adam", "adamw", "sgd_momentum"])
     args = parser.parse_args()
     if args.stage == "fit":
-        fit(args.methods, args.outer_steps, args.resume, args.run)
+        fit(args.methods, args.outer_steps, args.resume, args.run, args.seed)
     else:
         report(
             args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
-            args.run,
+            args.runs,
         )
 
 

@@ -47,12 +47,12 @@ REFERENCE = "adam"
 
 def evaluation_report(
     checkpoints: dict[str, str | list[str]] | None = None,
-    tasks: Sequence[str] = ("17",),
+    tasks: Sequence[str | TaskSpec] = ("17",),
     seeds: Sequence[int] = (101, 102, 103, 104, 105),
     steps: int = 1000,
     baselines: Sequence[str] = ("adam", "adamw", "sgd_momentum"),
     lr_grid: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1),
-    tuning_tasks: Sequence[str] | None = None,
+    tuning_tasks: Sequence[str | TaskSpec] | None = None,
     val_seeds: Sequence[int] = (201, 202, 203),
     out_dir: str = "reports/evaluation",
     data_dir: str | None = None,
@@ -64,12 +64,13 @@ def evaluation_report(
         checkpoints: ``{method name: fit checkpoint}`` of the learned optimizers to evaluate; a list of
             checkpoints instead of one for a method meta-trained with several seeds (each is evaluated, the
             report gives every meta-seed and mean ± std over them).
-        tasks: task presets (names or numeric ids, see :mod:`lightning_l2o.tasks.presets`).
+        tasks: task presets (names or numeric ids, see :mod:`lightning_l2o.tasks.presets`) or task entries as in
+            a data config (``{family: mlp, dataset: digits, arch: {hidden: [32]}}``); ``steps`` sets their horizon.
         seeds: test seeds of every task.
         steps: inner steps each optimizee is trained for.
         baselines: hand-designed optimizers (``adam``, ``adamw``, ``sgd_momentum``).
         lr_grid: learning rates tried for each baseline.
-        tuning_tasks: presets whose validation seeds choose the baselines' lrs (default: ``tasks``).
+        tuning_tasks: presets or task entries whose validation seeds choose the baselines' lrs (default: ``tasks``).
         val_seeds: validation seeds (must not overlap ``seeds``).
         out_dir: folder of the tables, figures and TensorBoard run.
         data_dir: folder of torchvision datasets (default ``$L2O_DATA_DIR``, else ``./data``).
@@ -155,10 +156,11 @@ def _load_learned(checkpoints: dict[str, str | list[str]]) -> list[tuple[str, in
     return learned
 
 
-def _specs(presets: Sequence[str], seeds: Sequence[int], steps: int, data_dir: str | None) -> list[TaskSpec]:
-    if not presets or not seeds:
+def _specs(tasks: Sequence[str | TaskSpec], seeds: Sequence[int], steps: int, data_dir: str | None) -> list[TaskSpec]:
+    if not tasks or not seeds:
         raise ConfigError("tasks, tuning_tasks, seeds and val_seeds must not be empty")
-    templates = [TaskSpec(preset=str(p), horizon=steps, data_dir=data_dir) for p in presets]
+    templates = [replace(t, horizon=steps, data_dir=t.data_dir or data_dir) if isinstance(t, TaskSpec)
+                 else TaskSpec(preset=str(t), horizon=steps, data_dir=data_dir) for t in tasks]
     for template in templates:
         build_task(template)
     return [t.with_seed(s) for t in templates for s in seeds]

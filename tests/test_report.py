@@ -110,6 +110,20 @@ def test_shipped_suite_config_runs_from_the_command_line(tmp_path, monkeypatch, 
     assert "sgd_momentum" in capsys.readouterr().out
 
 
+def test_task_entries_and_a_shipped_optimizer_are_evaluated_from_the_command_line(tmp_path):
+    """Tasks given as data-config entries (not presets) take ``steps`` as their horizon; ``pretrained:<name>``
+    names a learned optimizer."""
+    quadratic = "{family: quadratic, arch: {dim: 3}}"
+    main([f"--tasks=[{quadratic}, {{family: regression, arch: {{inputs: 3}}, batch_size: 8}}]", "--seeds=[101, 102]",
+          "--steps=5", "--lr_grid=[0.01]", "--val_seeds=[201]", "--baselines=[adam]", f"--out_dir={tmp_path}",
+          "--checkpoints={opt2vec: pretrained:opt2vec_mixed}"])
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert {(r["task"], r["method"], r["steps"]) for r in rows} == {
+        (f"{family}_s{seed}", method, "5") for family in ("quadratic-dim3", "regression-inputs3")
+        for seed in (101, 102) for method in ("opt2vec", "adam")}
+    assert "regression-inputs3 | opt2vec | — | 2 |" in (tmp_path / "results.md").read_text()
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([f"--checkpoints={{ff: {tmp_path / 'nope.ckpt'}}}", f"--out_dir={tmp_path}"])

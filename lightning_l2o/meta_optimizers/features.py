@@ -1,4 +1,4 @@
-"""Per-parameter input features of the FF and LSTM meta-optimizers, computed for all parameters at once.
+"""Per-parameter input features of the FF, LSTM and PNA meta-optimizers, computed for all parameters at once.
 
 A feature set maps flat ``params`` and ``grads`` ``(n,)`` and its own state to features ``(n, F)``:
 
@@ -9,6 +9,14 @@ A feature set maps flat ``params`` and ``grads`` ``(n,)`` and its own state to f
   and 5 EMA momenta ``m <- d m + (1 - d) g`` (d 0.1, 0.5, 0.9, 0.99, 0.999), each divided by its
   root-mean-square over its own tensor, plus 11 features ``tanh(t / s - 1)`` of the step ``t`` for time
   scales ``s`` from 1 to 100000: 18 features.
+- ``adam``: the gradient and 4 EMA momenta ``m <- beta m + (1 - beta) g`` (beta 0.5, 0.9, 0.99, 0.999), each
+  bias-corrected and divided by ``sqrt(v_hat + eps^2)`` (``v``: the EMA of ``g^2`` at beta2 0.999, bias-corrected;
+  eps 1e-8: Adam's ``sqrt(v_hat) + eps``, but differentiable where ``v = 0``), and the parameter divided by its
+  root-mean-square over its own tensor: 6 features, invariant to the gradient's scale.
+
+Per-tensor normalisation (:func:`per_tensor_normalise`) is ``metz``'s, for every quantity; ``adam`` uses it for
+the parameter and normalises the gradient statistics per coordinate. :func:`build_feature_set` with
+``progress=True`` appends the 11 time features of ``metz`` to any other set (:class:`ProgressFeatures`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from lightning_l2o.params import ParamSpace
 KOFINAS_BETAS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 METZ_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999)
 METZ_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+ADAM_FEATURE_BETAS = (0.5, 0.9, 0.99, 0.999)
+ADAM_BETA2 = 0.999
+ADAM_EPS = 1e-8
 LOG_SIGN_P = 10.0
 SECOND_MOMENT_EPS = 1e-5
 
@@ -39,6 +50,20 @@ def log_sign(x: Tensor, p: float = LOG_SIGN_P) -> Tensor:
     log_part = torch.where(big, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0))
     sign_part = torch.where(big, torch.sign(x), math.exp(p) * x)
     return torch.stack([log_part, sign_part], dim=-1)
+
+
+def per_tensor_normalise(x: Tensor, space: ParamSpace) -> Tensor:
+    """Each column of ``x`` ``(n, k)`` divided by its root-mean-square over each parameter tensor: ``(n, k)``."""
+    segments, sizes = space.segment_ids, space.segment_sizes.to(x.dtype)
+    sums = x.new_zeros(len(sizes), x.shape[1]).index_add(0, segments, x.square())
+    return x * torch.rsqrt(SECOND_MOMENT_EPS + sums / sizes[:, None])[segments]
+
+
+def time_features(step: Tensor, n: int) -> Tensor:
+    """``tanh(step / s - 1)`` for the time scales ``s`` of ``METZ_TIMESCALES``, the same for all ``n`` rows:
+    ``(n, 11)``."""
+    timescales = torch.tensor(METZ_TIMESCALES, dtype=step.dtype, device=step.device)
+    return torch.tanh(step / timescales - 1).expand(n, -1)
 
 
 class FeatureSet(ABC):
@@ -85,19 +110,61 @@ class MetzFeatures(FeatureSet):
         decays = torch.tensor(METZ_DECAYS, dtype=params.dtype, device=params.device)
         momenta = decays * state["momenta"] + (1 - decays) * grads[:, None]
         stacked = torch.cat([grads[:, None], params[:, None], momenta], dim=1)
-        segments, sizes = space.segment_ids, space.segment_sizes.to(params.dtype)
-        sums = stacked.new_zeros(len(sizes), stacked.shape[1]).index_add(0, segments, stacked.square())
-        normalised = stacked * torch.rsqrt(SECOND_MOMENT_EPS + sums / sizes[:, None])[segments]
-        timescales = torch.tensor(METZ_TIMESCALES, dtype=params.dtype, device=params.device)
-        time = torch.tanh(state["step"] / timescales - 1).expand(len(params), -1)
+        normalised = per_tensor_normalise(stacked, space)
         new_state = {"momenta": momenta, "step": state["step"] + 1}
-        return torch.cat([normalised, time], dim=1), new_state
+        return torch.cat([normalised, time_features(state["step"], len(params))], dim=1), new_state
 
 
-FEATURE_SETS: dict[str, type[FeatureSet]] = {"kofinas": KofinasFeatures, "metz": MetzFeatures}
+class AdamFeatures(FeatureSet):
+    """Gradient and 4 bias-corrected EMA momenta over ``sqrt(v_hat + eps^2)``, and the parameter normalised per
+    tensor: 6 features."""
+
+    num_features = 2 + len(ADAM_FEATURE_BETAS)
+    default_step_scale = 0.001
+
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
+        return {"momenta": params.new_zeros(len(params), len(ADAM_FEATURE_BETAS)),
+                "second_moment": params.new_zeros(len(params)), "step": params.new_zeros(())}
+
+    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+        betas = torch.tensor(ADAM_FEATURE_BETAS, dtype=params.dtype, device=params.device)
+        step = state["step"] + 1
+        momenta = betas * state["momenta"] + (1 - betas) * grads[:, None]
+        second_moment = ADAM_BETA2 * state["second_moment"] + (1 - ADAM_BETA2) * grads.square()
+        denominator = (second_moment / (1 - ADAM_BETA2**step) + ADAM_EPS**2).sqrt()
+        adam_normalised = torch.cat([grads[:, None], momenta / (1 - betas**step)], dim=1) / denominator[:, None]
+        features = torch.cat([adam_normalised, per_tensor_normalise(params[:, None], space)], dim=1)
+        return features, {"momenta": momenta, "second_moment": second_moment, "step": step}
 
 
-def build_feature_set(name: str) -> FeatureSet:
+class ProgressFeatures(FeatureSet):
+    """Another feature set's features followed by the 11 training-progress features ``tanh(t / s - 1)`` of
+    ``metz`` (``t``: steps taken so far, kept in the state as ``progress_step``)."""
+
+    def __init__(self, inner: FeatureSet) -> None:
+        self.inner = inner
+        self.num_features = inner.num_features + len(METZ_TIMESCALES)
+        self.default_step_scale = inner.default_step_scale
+
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
+        return {**self.inner.init_state(params, space), "progress_step": params.new_zeros(())}
+
+    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+        features, inner_state = self.inner(params, grads, state, space)
+        time = time_features(state["progress_step"], len(params))
+        return torch.cat([features, time], dim=1), {**inner_state, "progress_step": state["progress_step"] + 1}
+
+
+FEATURE_SETS: dict[str, type[FeatureSet]] = {"kofinas": KofinasFeatures, "metz": MetzFeatures, "adam": AdamFeatures}
+HAS_TIME_FEATURES = ("metz",)
+
+
+def build_feature_set(name: str, progress: bool = False) -> FeatureSet:
+    """The feature set called ``name``, followed by the training-progress features if ``progress``."""
     if name not in FEATURE_SETS:
         raise ConfigError(f"unknown feature set '{name}'; choose one of: {', '.join(FEATURE_SETS)}")
-    return FEATURE_SETS[name]()
+    if progress and name in HAS_TIME_FEATURES:
+        raise ConfigError(f"features: {name} already ends with the training-progress features; "
+                          f"set progress_features: false (or pick another feature set)")
+    feature_set = FEATURE_SETS[name]()
+    return ProgressFeatures(feature_set) if progress else feature_set

@@ -22,6 +22,11 @@ class PerParameterMLP(nn.Module):
             layers += [nn.Linear(w_in, w_out), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last layer, ``hidden -> out_features``."""
+        return self.net[-1]
+
     def reset_parameters(self) -> None:
         for layer in self.net:
             if isinstance(layer, nn.Linear):
@@ -50,10 +55,12 @@ class FFMetaOptimizer(PerParameterOptimizer):
 
     def __init__(
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 2, lr: float | None = None,
-        exp_scale: float | None = None,
+        exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
+        output_scale: float = 1.0,
     ) -> None:
-        super().__init__(features, hidden_dim, num_layers, lr, exp_scale)
+        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale)
         self.network = PerParameterMLP(self.features.num_features, hidden_dim, num_layers)
+        self.init_output_layer()
 
     @property
     def name(self) -> str:

@@ -24,6 +24,11 @@ class CoordinatewiseLSTM(nn.Module):
         )
         self.head = nn.Linear(hidden_dim, out_features)
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The linear head, ``hidden -> out_features``."""
+        return self.head
+
     def reset_parameters(self) -> None:
         for cell in self.cells:
             cell.reset_parameters()
@@ -50,10 +55,12 @@ class LSTMMetaOptimizer(PerParameterOptimizer):
 
     def __init__(
         self, features: str = "kofinas", hidden_dim: int = 32, num_layers: int = 1, lr: float | None = None,
-        exp_scale: float | None = None,
+        exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
+        output_scale: float = 1.0,
     ) -> None:
-        super().__init__(features, hidden_dim, num_layers, lr, exp_scale)
+        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale)
         self.network = CoordinatewiseLSTM(self.features.num_features, hidden_dim, num_layers)
+        self.init_output_layer()
 
     @property
     def name(self) -> str:

@@ -7,8 +7,29 @@ import math
 import pytest
 import torch
 
-from lightning_l2o.meta_optimizers.features import KofinasFeatures, MetzFeatures, log_sign
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.meta_optimizers.features import (
+    AdamFeatures,
+    FeatureSet,
+    KofinasFeatures,
+    MetzFeatures,
+    ProgressFeatures,
+    build_feature_set,
+    log_sign,
+)
 from lightning_l2o.params import ParamLayout, ParamSpace
+
+TWO_TENSORS = ParamSpace.of_layout(ParamLayout.from_tensors([("a", torch.zeros(2, 2)), ("b", torch.zeros(3))]))
+TIMESCALES = torch.tensor([1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000.0])
+
+
+def run_features(features: FeatureSet, params: torch.Tensor, grads: list[torch.Tensor],
+                 space: ParamSpace = TWO_TENSORS) -> torch.Tensor:
+    """The features ``(n, F)`` of the last of ``grads``, each ``(n,)``, fed in order from a fresh state."""
+    state = features.init_state(params, space)
+    for g in grads:
+        out, state = features(params, g, state, space)
+    return out
 
 
 def test_log_sign_preprocessing_by_hand():
@@ -60,12 +81,78 @@ def test_metz_features_normalise_per_tensor_and_embed_time():
     torch.testing.assert_close(out[:2, 2], torch.tensor([0.9 * 3, 0.9 * 4]) / math.sqrt(0.81 * 12.5 + 1e-5))
     torch.testing.assert_close(out[:, 7:], torch.full((3, 11), math.tanh(-1.0)))
     out, state = features(params, grads, state, space)
-    timescales = torch.tensor([1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000.0])
-    torch.testing.assert_close(out[0, 7:], torch.tanh(1 / timescales - 1))
+    torch.testing.assert_close(out[0, 7:], torch.tanh(1 / TIMESCALES - 1))
     assert float(state["step"]) == 2
 
 
-@pytest.mark.parametrize("features", [KofinasFeatures(), MetzFeatures()])
+def test_adam_features_by_hand():
+    features = AdamFeatures()
+    space = ParamSpace.of_layout(ParamLayout.from_tensors([("a", torch.zeros(2)), ("b", torch.zeros(1))]))
+    params = torch.tensor([3.0, 4.0, -2.0])
+    g1, g2 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 1.0, 0.5])
+    out = run_features(features, params, [g1], space)
+    assert out.shape == (3, 6) == (3, features.num_features)
+    # step 1: bias-corrected v = g^2 and every bias-corrected momentum = g, so each is g / sqrt(g^2 + eps^2) = sign g
+    torch.testing.assert_close(out[:, :5], torch.sign(g1)[:, None].expand(3, 5))
+    torch.testing.assert_close(out[:, 5], torch.tensor([3 / math.sqrt(12.5 + 1e-5), 4 / math.sqrt(12.5 + 1e-5),
+                                                        -2 / math.sqrt(4 + 1e-5)]))
+    out = run_features(features, params, [g1, g2], space)
+    # parameter 0 at step 2, momentum beta 0.9: (0.9 * 0.1 * 1 + 0.1 * 3) / (1 - 0.81) over sqrt(v_hat); float32's
+    # 0.999 puts 1 - 0.999^2 off by ~1e-5 (relative)
+    v_hat = (0.999 * 0.001 * 1 + 0.001 * 9) / (1 - 0.999**2)
+    torch.testing.assert_close(out[0, 0], torch.tensor(3 / math.sqrt(v_hat + 1e-16)), rtol=1e-4, atol=0)
+    torch.testing.assert_close(out[0, 2], torch.tensor((0.09 + 0.3) / 0.19 / math.sqrt(v_hat + 1e-16)),
+                               rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("scale", [0.1, 1e3])
+def test_adam_features_are_invariant_to_the_gradient_scale(scale):
+    params = torch.randn(TWO_TENSORS.layout.total)
+    grads = [torch.randn_like(params) for _ in range(4)]
+    plain = run_features(AdamFeatures(), params, grads)
+    torch.testing.assert_close(run_features(AdamFeatures(), params, [scale * g for g in grads]), plain,
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("features", [MetzFeatures(), AdamFeatures()], ids=["metz", "adam"])
+def test_per_tensor_normalised_features_are_invariant_to_scaling_one_tensors_gradient(features):
+    params = torch.randn(TWO_TENSORS.layout.total)
+    # metz adds 1e-5 to each mean square: its slowest momentum (0.001 g after a step) needs large gradients to
+    # be scale-free this early
+    grads = [1e3 * torch.randn_like(params) for _ in range(4)]
+    scaled_a = torch.cat([torch.full((4,), 30.0), torch.ones(3)])  # tensor a's 4 entries, not b's 3
+    plain = run_features(features, params, grads)
+    torch.testing.assert_close(run_features(features, params, [scaled_a * g for g in grads]), plain,
+                               rtol=0, atol=1e-5)
+
+
+def test_progress_features_append_metz_time_features_to_any_set():
+    params = torch.randn(TWO_TENSORS.layout.total)
+    grads = [torch.randn_like(params) for _ in range(3)]
+    features = build_feature_set("kofinas", progress=True)
+    assert isinstance(features, ProgressFeatures) and features.num_features == 14 + 11
+    assert features.default_step_scale == KofinasFeatures.default_step_scale
+    out = run_features(features, params, grads)
+    torch.testing.assert_close(out[:, :14], run_features(KofinasFeatures(), params, grads))
+    torch.testing.assert_close(out[:, 14:], torch.tanh(2 / TIMESCALES - 1).expand(7, -1))  # t = 0, 1, 2
+    torch.testing.assert_close(out[:, 14:], run_features(MetzFeatures(), params, grads)[:, 7:])
+    state = features.init_state(params, TWO_TENSORS)
+    assert set(state) == {"momenta", "progress_step"}
+    assert build_feature_set("adam", progress=True).num_features == 6 + 11
+    assert isinstance(build_feature_set("metz"), MetzFeatures)
+
+
+@pytest.mark.parametrize(("name", "progress", "message"), [
+    ("lion", False, "unknown feature set 'lion'; choose one of: kofinas, metz, adam"),
+    ("metz", True, "set progress_features: false"),
+])
+def test_bad_feature_options_name_the_fix(name, progress, message):
+    with pytest.raises(ConfigError, match=message):
+        build_feature_set(name, progress)
+
+
+@pytest.mark.parametrize("features", [KofinasFeatures(), MetzFeatures(), AdamFeatures(),
+                                      ProgressFeatures(AdamFeatures())], ids=["kofinas", "metz", "adam", "progress"])
 def test_features_are_differentiable_in_params_and_grads(features):
     params = torch.randn(6, requires_grad=True)
     grads = torch.randn(6, requires_grad=True)

@@ -1,14 +1,22 @@
-"""FF and LSTM meta-optimizers: shapes, the one-step update form, meta-gradients and deployment."""
+"""FF and LSTM meta-optimizers: shapes, the one-step update form, meta-gradients, deployment, and the options
+(features, progress_features, adam_lr, output_scale)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer, load_learned_optimizer
+from lightning_l2o.checkpoints import build_meta_optimizer, meta_optimizer_config
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
+from lightning_l2o.meta_optimizers import Adam
+from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
+from lightning_l2o.optim import LearnedOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
 from lightning_l2o.unroll import InnerState, unroll
 from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
@@ -16,12 +24,93 @@ from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
 LAYOUT = ParamLayout.from_tensors([("w", torch.zeros(3, 4)), ("b", torch.zeros(3))])
 SPACE = ParamSpace.of_layout(LAYOUT)
 RULES = [
-    pytest.param(lambda f: FFMetaOptimizer(features=f, hidden_dim=16, num_layers=2), id="ff"),
-    pytest.param(lambda f: LSTMMetaOptimizer(features=f, hidden_dim=8, num_layers=2), id="lstm"),
+    pytest.param(lambda features, **kw: FFMetaOptimizer(features, hidden_dim=16, num_layers=2, **kw), id="ff"),
+    pytest.param(lambda features, **kw: LSTMMetaOptimizer(features, hidden_dim=8, num_layers=2, **kw), id="lstm"),
 ]
+FEATURES = ["kofinas", "metz", "adam"]
+OPTIONS = {  # every inductive-bias option, alone and together
+    "adam_features": {"features": "adam"},
+    "per_tensor_metz": {"features": "metz"},
+    "progress": {"features": "kofinas", "progress_features": True},
+    "adam_progress": {"features": "adam", "progress_features": True},
+    "adam_correction": {"features": "kofinas", "adam_lr": 1e-2},
+    "all": {"features": "adam", "progress_features": True, "adam_lr": 1e-2},
+    "output_scale": {"features": "kofinas", "output_scale": 0.01},
+}
 
 
-@pytest.mark.parametrize("features", ["kofinas", "metz"])
+def small_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def train_small_model(make_optimizer: Callable[[nn.Module], Optimizer], steps: int = 10,
+                      model: nn.Module | None = None) -> tuple[Tensor, list[float]]:
+    """Flat parameters ``(n,)`` of ``model`` (default :func:`small_mlp`) after ``steps`` full-batch steps of the
+    optimizer ``make_optimizer(model)`` on a fixed regression batch, and the losses before each step."""
+    model = small_mlp() if model is None else model
+    optimizer = make_optimizer(model)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(32, model[0].in_features, generator=generator)
+    y = torch.randn(32, model[-1].out_features, generator=generator)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+    return ParamLayout.flatten([p.detach() for p in model.parameters()]), losses
+
+
+def check_untrained_adam_correction_is_adam(rule: PerParameterOptimizer) -> None:
+    """``rule`` (built with ``adam_lr=1e-2``, untrained) deployed for 10 steps: bit for bit the project's Adam
+    rule, and ``torch.optim.Adam`` to 1e-6 (the Adam rule's bias corrections are float32, torch's float64)."""
+    assert not rule.output_layer.weight.any() and not rule.output_layer.bias.any()
+    learned, _ = train_small_model(lambda model: LearnedOptimizer(model, rule))
+    reference, _ = train_small_model(lambda model: torch.optim.Adam(model.parameters(), lr=1e-2))
+    adam_rule, _ = train_small_model(lambda model: LearnedOptimizer(model, Adam(lr=1e-2)))
+    assert torch.equal(learned, adam_rule)
+    torch.testing.assert_close(learned, reference, rtol=0, atol=1e-6)
+
+
+def check_zero_output_layer_still_learns(rule: PerParameterOptimizer, space: ParamSpace, params: Tensor) -> None:
+    """For ``rule`` with ``adam_lr`` (output layer zero): the meta-gradient of 2 unrolled steps reaches the output
+    layer, one step of it makes the rule differ from Adam, and then the meta-gradient reaches every weight."""
+    grads = [torch.randn_like(params) for _ in range(2)]
+
+    def update_and_meta_grads() -> tuple[Tensor, dict[str, Tensor]]:
+        rule.zero_grad()
+        new, state = params, rule.init_state(params, space)
+        for g in grads:
+            new, state, _ = rule(new, g, torch.tensor(1.0), state, space, rule.lr)
+        new.square().sum().backward()
+        return new.detach(), {name: w.grad.clone() for name, w in rule.named_parameters()}
+
+    adam_update, meta_grads = update_and_meta_grads()
+    assert rule.output_layer.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for name, weight in rule.named_parameters():
+            weight -= meta_grads[name]
+    learned_update, meta_grads = update_and_meta_grads()
+    assert not torch.equal(learned_update, adam_update)
+    assert all(g.abs().sum() > 0 for g in meta_grads.values()), [n for n, g in meta_grads.items() if not g.any()]
+
+
+def check_round_trip_and_deploy(rule: PerParameterOptimizer, model: Callable[[], nn.Module] = small_mlp) -> None:
+    """``rule`` rebuilt from its checkpoint config with its weights deploys like ``rule``: 5 finite steps."""
+    saved = meta_optimizer_config(rule)
+    rebuilt = build_meta_optimizer(saved)
+    rebuilt.load_state_dict(rule.state_dict())
+    assert meta_optimizer_config(rebuilt) == saved
+    before = ParamLayout.flatten([p.detach() for p in model().parameters()])
+    results = [train_small_model(lambda m, r=r: LearnedOptimizer(m, r), steps=5, model=model())[0]
+               for r in (rule, rebuilt)]
+    assert torch.equal(results[0], results[1])
+    assert torch.isfinite(results[0]).all() and not torch.equal(results[0], before)
+
+
+@pytest.mark.parametrize("features", FEATURES)
 @pytest.mark.parametrize("make", RULES)
 def test_one_step_is_theta_plus_lr_a_exp_scaled_b(make, features):
     rule = make(features)
@@ -64,16 +153,108 @@ def test_unrolled_meta_gradient_reaches_every_weight(make):
     assert sum(float(p.grad.abs().sum()) for p in rule.parameters()) > 0
 
 
-@pytest.mark.parametrize("kwargs, message", [({"features": "adam"}, "unknown feature set"),
-                                             ({"hidden_dim": 0}, "hidden_dim must be > 0")])
+@pytest.mark.parametrize("kwargs, message", [
+    ({"features": "lion"}, "unknown feature set"),
+    ({"hidden_dim": 0}, "hidden_dim must be > 0"),
+    ({"adam_lr": 0.0}, "adam_lr must be > 0, got 0.0; give the Adam step's learning rate"),
+    ({"output_scale": -1.0}, "output_scale must be > 0, got -1.0; e.g. 0.01"),
+    ({"adam_lr": 1e-2, "output_scale": 0.01}, "remove output_scale or set adam_lr: null"),
+    ({"features": "metz", "progress_features": True}, "set progress_features: false"),
+])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         FFMetaOptimizer(**kwargs)
 
 
+def test_options_set_the_input_width_the_state_and_the_recorded_config():
+    assert FFMetaOptimizer(features="adam").network.net[0].in_features == 6
+    assert FFMetaOptimizer(features="adam").lr == FFMetaOptimizer(features="adam").exp_scale == 0.001
+    assert FFMetaOptimizer(progress_features=True).network.net[0].in_features == 14 + 11
+    assert LSTMMetaOptimizer(features="adam", progress_features=True).network.cells[0].input_size == 6 + 11
+    params = torch.randn(LAYOUT.total)
+    state = FFMetaOptimizer(progress_features=True, adam_lr=1e-2).init_state(params, SPACE)
+    assert set(state) == {"momenta", "progress_step", "adam_exp_avg", "adam_exp_avg_sq", "adam_step"}
+    assert FFMetaOptimizer().config == {"features": "kofinas", "hidden_dim": 64, "num_layers": 2, "lr": 0.01,
+                                        "exp_scale": 0.01, "progress_features": False, "adam_lr": None,
+                                        "output_scale": 1.0}
+
+
+@pytest.mark.parametrize("features", FEATURES)
+@pytest.mark.parametrize("make", RULES)
+def test_untrained_adam_correction_is_torch_adam(make, features):
+    check_untrained_adam_correction_is_adam(make(features, adam_lr=1e-2))
+
+
+@pytest.mark.parametrize("make", RULES)
+def test_zero_output_layer_of_the_adam_correction_still_learns(make):
+    check_zero_output_layer_still_learns(make("adam", progress_features=True, adam_lr=1e-2), SPACE,
+                                         torch.randn(LAYOUT.total))
+
+
+@pytest.mark.parametrize("options", [{"features": "adam"}, {"features": "kofinas", "adam_lr": 1e-2}],
+                         ids=["adam_features", "adam_correction"])
+@pytest.mark.parametrize("make", RULES)
+def test_meta_gradients_stay_finite_where_a_gradient_is_exactly_zero(make, options):
+    rule = make(**options)
+    with torch.no_grad():
+        rule.output_layer.weight.normal_()  # a trained correction, not a zero one
+    params, mask = torch.randn(LAYOUT.total), (torch.arange(LAYOUT.total) % 3 > 0).float()
+    state = rule.init_state(params, SPACE)
+    for _ in range(3):  # the loss sum(mask * theta^2): a third of the coordinates never get a gradient
+        params, state, _ = rule(params, 2 * mask * params, torch.tensor(0.0), state, SPACE, rule.lr)
+    params.square().sum().backward()
+    assert all(torch.isfinite(w.grad).all() for w in rule.parameters())
+
+
+@pytest.mark.parametrize("make", RULES)
+def test_the_callers_lr_scales_the_adam_step_like_the_learned_term(make):
+    rule = make("kofinas", adam_lr=1e-2)
+    params, grads = torch.randn(LAYOUT.total), torch.randn(LAYOUT.total)
+    state = rule.init_state(params, SPACE)
+    steps = {lr: rule(params, grads, torch.tensor(1.0), state, SPACE, lr)[0] - params for lr in (rule.lr, rule.lr / 2)}
+    torch.testing.assert_close(steps[rule.lr / 2], steps[rule.lr] / 2)
+    assert torch.equal(rule(params, grads, torch.tensor(1.0), state, SPACE, 0.0)[0], params)
+
+
+@pytest.mark.parametrize("features", FEATURES)
+@pytest.mark.parametrize("make", RULES)
+def test_output_scale_shrinks_the_first_update_proportionally(make, features):
+    params, grads = torch.randn(LAYOUT.total), torch.randn(LAYOUT.total)
+    rms = {}
+    for scale in (1.0, 0.01):
+        torch.manual_seed(0)
+        rule = make(features, output_scale=scale)
+        _, _, info = rule(params, grads, torch.tensor(1.0), rule.init_state(params, SPACE), SPACE, rule.lr)
+        rms[scale] = info["update_rms"].item()
+    assert rms[0.01] / rms[1.0] == pytest.approx(0.01, rel=0.05)  # a scales exactly, exp(exp_scale b) nearly not
+
+
+@pytest.mark.parametrize("features", FEATURES)
+@pytest.mark.parametrize("make", RULES)
+def test_a_random_draw_with_a_small_output_scale_stays_finite_for_100_steps(make, features):
+    optimizers = []
+
+    def build(model: nn.Module) -> LearnedOptimizer:
+        optimizers.append(LearnedOptimizer(model, make(features, output_scale=0.01)))
+        return optimizers[-1]
+
+    params, losses = train_small_model(build, steps=100)
+    assert torch.isfinite(params).all() and optimizers[0].nonfinite_steps == 0
+    assert max(losses) < 1.5 * losses[0]
+
+
+@pytest.mark.parametrize("options", list(OPTIONS.values()), ids=list(OPTIONS))
+@pytest.mark.parametrize("make", RULES)
+def test_every_option_round_trips_through_a_checkpoint_config_and_deploys(make, options):
+    rule = make(**options)
+    assert all(rule.config[key] == value for key, value in options.items())
+    check_round_trip_and_deploy(rule)
+
+
+@pytest.mark.parametrize("options", [{}, OPTIONS["all"]], ids=["default", "all_options"])
 @pytest.mark.parametrize("cls", [FFMetaOptimizer, LSTMMetaOptimizer])
-def test_trained_rule_deploys_as_a_torch_optimizer_from_its_checkpoint(tmp_path, cls):
-    module = L2OModule(cls(hidden_dim=8, num_layers=1), TruncatedBackprop("lookahead"), outer_lr=1e-2)
+def test_trained_rule_deploys_as_a_torch_optimizer_from_its_checkpoint(tmp_path, cls, options):
+    module = L2OModule(cls(hidden_dim=8, num_layers=1, **options), TruncatedBackprop("lookahead"), outer_lr=1e-2)
     trainer = tiny_trainer(tmp_path, max_steps=2)
     trainer.fit(module, tiny_datamodule())
     trainer.save_checkpoint(tmp_path / "rule.ckpt")
@@ -88,3 +269,4 @@ def test_trained_rule_deploys_as_a_torch_optimizer_from_its_checkpoint(tmp_path,
     saved = optimizer.update_rule.state_dict()
     for key, value in module.meta_optimizer.state_dict().items():
         torch.testing.assert_close(saved[key], value)
+    assert optimizer.update_rule.output_layer.weight.any()  # meta-training moved even a zero-initialised one

@@ -102,11 +102,13 @@ class PNAMetaOptimizer(PerParameterOptimizer):
     (``pna_noscale``): ``hidden_dim=64, num_layers=8``, the read-out MLP as deep as the GNN.
 
     Args:
-        features: per-parameter feature set (``kofinas``: 14 features).
+        features: per-parameter feature set (``kofinas``: 14 features; or ``metz``, ``adam``).
         hidden_dim: node / edge embedding size and the read-out MLP's width.
         num_layers: message-passing layers.
         head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
-        lr, exp_scale: as in :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`.
+        lr, exp_scale, progress_features, adam_lr, output_scale: as in
+            :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``adam_lr`` and
+            ``output_scale`` act on the per-parameter MLP's output layer).
         aggregators, scalers: PNA's aggregators and degree scalers.
         degree_layout: layer widths of the graph whose degree histogram normalises the scalers (task 17).
         kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
@@ -115,7 +117,8 @@ class PNAMetaOptimizer(PerParameterOptimizer):
 
     def __init__(
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 8, head_layers: int | None = None,
-        lr: float | None = None, exp_scale: float | None = None,
+        lr: float | None = None, exp_scale: float | None = None, progress_features: bool = False,
+        adam_lr: float | None = None, output_scale: float = 1.0,
         aggregators: Sequence[str] = ("mean", "min", "max", "std"), scalers: Sequence[str] = ("identity", "amplification"),
         degree_layout: Sequence[int] = TASK_17_LAYOUT, kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024,
         max_hidden_layers: int = 32, max_outputs: int = 1024,
@@ -125,10 +128,10 @@ class PNAMetaOptimizer(PerParameterOptimizer):
                        max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
         if len(degree_layout) < 2 or min(degree_layout) < 1:
             raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got {degree_layout}")
-        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, head_layers=head_layers,
-                         aggregators=list(aggregators), scalers=list(scalers), degree_layout=list(degree_layout),
-                         kernel_size=kernel_size, max_inputs=max_inputs, max_hidden_layers=max_hidden_layers,
-                         max_outputs=max_outputs)
+        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
+                         head_layers=head_layers, aggregators=list(aggregators), scalers=list(scalers),
+                         degree_layout=list(degree_layout), kernel_size=kernel_size, max_inputs=max_inputs,
+                         max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
         num_features = self.features.num_features
         self.network = PNANetwork(num_features, hidden_dim, num_layers, aggregators, scalers,
                                   degree_histogram(degree_layout), kernel_size, max_inputs, max_hidden_layers, max_outputs)
@@ -137,17 +140,23 @@ class PNAMetaOptimizer(PerParameterOptimizer):
 
     def reset_parameters(self) -> None:
         """PyTorch's default init, but He init for the read-out's hidden layers: with the default, 8 ReLU layers
-        shrink the input's signal ~10^4-fold and every parameter gets nearly the same update."""
+        shrink the input's signal ~10^4-fold and every parameter gets nearly the same update. The read-out's
+        output layer is then scaled as ``output_scale`` / ``adam_lr`` ask."""
         self.network.reset_parameters()
         self.head.reset_parameters()
         for layer in self.head.net[:-1]:
             if isinstance(layer, nn.Linear):
                 nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
+        self.init_output_layer()
 
     @property
     def name(self) -> str:
         return "pna"
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.head.output_layer
 
     def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         graph = space.require_graph(type(self).__name__)

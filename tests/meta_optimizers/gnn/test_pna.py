@@ -20,6 +20,14 @@ from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.tasks.classifier import ConvNet
 from lightning_l2o.tasks.presets import PRESETS
 from tests.conftest import tiny_datamodule, tiny_trainer
+from tests.meta_optimizers.test_per_parameter import (
+    OPTIONS,
+    check_round_trip_and_deploy,
+    check_untrained_adam_correction_is_adam,
+    check_zero_output_layer_still_learns,
+    small_mlp,
+    train_small_model,
+)
 
 
 def small_pna(**kwargs) -> PNAMetaOptimizer:
@@ -116,6 +124,13 @@ def test_forward_and_backward_on_a_tiny_graph_reach_every_weight():
 def test_permuting_hidden_neurons_permutes_the_update(make_model, pairs):
     assert permutation_error(small_pna(), make_model(), pairs) < 1e-5
     assert permutation_error(PNAMetaOptimizer(), make_model(), pairs) < 1e-5  # the reference size
+
+
+def test_permuting_hidden_neurons_permutes_the_update_with_adam_and_progress_features():
+    rule = small_pna(features="adam", progress_features=True, adam_lr=1e-2)
+    with torch.no_grad():
+        rule.output_layer.weight.normal_()  # a trained correction, not the zero one
+    assert permutation_error(rule, mlp(), [("0", "2"), ("2", "4")]) < 1e-5
 
 
 def test_the_equivariance_test_fails_for_a_rule_over_the_flat_vector():
@@ -228,3 +243,41 @@ def test_deployed_pna_trains_a_lightning_module_passing_self(pna_checkpoint):
                enable_model_summary=False).fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     after = flat(module)
     assert torch.isfinite(after).all() and not torch.equal(after, before)
+
+
+def test_the_per_parameter_options_reach_the_pna_and_its_head():
+    rule = small_pna(features="adam", progress_features=True)
+    assert rule.network.node_in.in_channels == 6 + 11
+    assert rule.head.net[0].in_features == 16 + 6 + 11
+    assert rule.output_layer is rule.head.net[-1]
+    assert not small_pna(adam_lr=1e-2).output_layer.weight.any()
+    torch.testing.assert_close(small_pna(output_scale=0.01).output_layer.weight, 0.01 * small_pna().output_layer.weight)
+
+
+@pytest.mark.parametrize("features", ["kofinas", "metz", "adam"])
+def test_untrained_pna_adam_correction_is_torch_adam(features):
+    check_untrained_adam_correction_is_adam(small_pna(features=features, adam_lr=1e-2))
+
+
+def test_zero_output_layer_of_the_pna_adam_correction_still_learns():
+    model = mlp()
+    check_zero_output_layer_still_learns(small_pna(features="adam", progress_features=True, adam_lr=1e-2),
+                                         ParamSpace.of_module(model), flat(model))
+
+
+def test_pna_output_scale_shrinks_the_first_update_and_keeps_a_random_draw_finite():
+    model = mlp()
+    space, params = ParamSpace.of_module(model), flat(model)
+    grads = torch.randn_like(params)
+    rms = {}
+    for scale in (1.0, 0.01):
+        rule = small_pna(output_scale=scale)
+        rms[scale] = rule(params, grads, torch.tensor(1.0), rule.init_state(params, space), space, rule.lr)[2]["update_rms"]
+    assert float(rms[0.01] / rms[1.0]) == pytest.approx(0.01, rel=0.05)
+    params, losses = train_small_model(lambda m: LearnedOptimizer(m, small_pna(output_scale=0.01)), steps=100)
+    assert torch.isfinite(params).all() and max(losses) < 1.5 * losses[0]
+
+
+@pytest.mark.parametrize("options", list(OPTIONS.values()), ids=list(OPTIONS))
+def test_every_option_of_the_pna_round_trips_through_a_checkpoint_config_and_deploys(options):
+    check_round_trip_and_deploy(small_pna(**options), model=small_mlp)

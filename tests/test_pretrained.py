@@ -141,6 +141,10 @@ def test_the_command_line_exports_and_lists(ff_checkpoint, weights_dir, tmp_path
     assert capsys.readouterr().out == (
         'tiny_ff: FFMetaOptimizer, meta-trained on tiny quadratics for 2 outer steps of 10 inner steps (1 s); '
         'vs tuned Adam: {"task 17": "-0.4 +- 0.3 points, 20 seeds"}\n')
+    card.write_text(json.dumps({**CARD, "paired_vs_tuned_adam": {"summary": "tie on task 17", "task 17": "..."}}))
+    main(["export", f"--checkpoint={ff_checkpoint}", "--name=tiny_ff", f"--card={card}"])
+    main(["list"])
+    assert capsys.readouterr().out.endswith("vs tuned Adam: tie on task 17\n")  # a dict's summary, when it has one
     with pytest.raises(SystemExit) as exit_info:
         main(["export", f"--checkpoint={ff_checkpoint}", "--name=x", f"--card={tmp_path / 'missing.json'}"])
     assert exit_info.value.code == 2 and "--card" in capsys.readouterr().err

@@ -124,6 +124,12 @@ def test_task_entries_and_a_shipped_optimizer_are_evaluated_from_the_command_lin
     assert "regression-inputs3 | opt2vec | — | 2 |" in (tmp_path / "results.md").read_text()
 
 
+def test_shipped_small_tasks_config_runs_from_the_command_line(tmp_path):
+    main([f"--config={REPO / 'configs/eval/small_tasks.yaml'}", "--seeds=[101, 102]", "--steps=3", "--val_seeds=[201]",
+          f"--out_dir={tmp_path}", "--checkpoints={opt2vec: pretrained:opt2vec_mixed}"])
+    assert "mlp-digits-hidden64x32 | opt2vec | — | 2 |" in (tmp_path / "results.md").read_text()
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([f"--checkpoints={{ff: {tmp_path / 'nope.ckpt'}}}", f"--out_dir={tmp_path}"])

@@ -157,7 +157,7 @@ def _summary(name: str) -> str:
     """One line on a shipped optimizer: its name, class, what and how long it was meta-trained, its result."""
     card = pretrained_card(name)
     paired = card["paired_vs_tuned_adam"]
-    result = paired if isinstance(paired, str) else json.dumps(paired)
+    result = paired if isinstance(paired, str) else paired.get("summary", json.dumps(paired))
     return (f"{name}: {card['method'].rsplit('.', 1)[-1]}, meta-trained on {card['meta_trained_on']} for "
             f"{card['outer_steps']} outer steps of {card['inner_steps_per_outer_step']} inner steps "
             f"({card['wall_clock']}); vs tuned Adam: {result}")

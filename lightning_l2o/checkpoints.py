@@ -89,7 +89,8 @@ def check_compatible(saved: dict[str, Any], rule: MetaOptimizer) -> None:
     if saved["class_path"] != expected:
         raise ConfigError(f"the checkpoint holds a {saved['class_path']} but the config builds a {expected}; "
                           f"use the config the checkpoint was trained with")
-    differing = {k: (v, rule.config.get(k)) for k, v in saved["init_args"].items() if rule.config.get(k) != v}
+    differing = {k: (v, rule.config.get(k)) for k, v in saved["init_args"].items()
+                 if rule.config.get(k) != v and k not in rule.execution_options}
     if differing:
         detail = ", ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in differing.items())
         raise ConfigError(f"the checkpoint's meta-optimizer was configured differently ({detail}); "

@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers import MetaOptimizer, Opt2Vec
+from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -133,12 +134,20 @@ def _finite(*tensors: Tensor) -> bool:
 
 def load_learned_optimizer(
     ckpt_path: str | Path, params: Params | nn.Module, lr: float | None = None,
-    map_location: str | torch.device = "cpu",
+    map_location: str | torch.device = "cpu", network_dtype: str | None = None,
 ) -> LearnedOptimizer:
     """A ``torch.optim.Optimizer`` driven by the meta-optimizer trained in ``ckpt_path`` (``lr``: its base lr);
     ``ckpt_path`` may also be ``pretrained:<name>``, one of :func:`lightning_l2o.pretrained.list_pretrained`.
 
     ``params``: the model itself (needed by rules that read its structure, e.g. PNA; nested ``nn.Sequential``
-    and a ``LightningModule`` passing ``self`` work) or its parameters.
+    and a ``LightningModule`` passing ``self`` work) or its parameters. ``network_dtype``: ``bfloat16`` runs a
+    per-parameter rule's network (FF, LSTM, PNA) in bf16 (recorded in the rule's config); ``None`` keeps the
+    checkpoint's setting.
     """
-    return LearnedOptimizer(params, load_meta_optimizer(ckpt_path, map_location), lr=lr)
+    rule = load_meta_optimizer(ckpt_path, map_location)
+    if network_dtype is not None:
+        if not isinstance(rule, PerParameterOptimizer):
+            raise ConfigError(f"network_dtype={network_dtype!r}: {type(rule).__name__} has no per-parameter network; "
+                              f"leave network_dtype unset for it")
+        rule = rule.with_config(network_dtype=network_dtype)
+    return LearnedOptimizer(params, rule, lr=lr)

@@ -13,8 +13,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from lightning_l2o import L2OModule, Opt2Vec, load_learned_optimizer
-from lightning_l2o.checkpoints import CHECKPOINT_KEY, load_meta_optimizer, meta_optimizer_config
+from lightning_l2o import FFMetaOptimizer, L2OModule, Opt2Vec, load_learned_optimizer
+from lightning_l2o.checkpoints import CHECKPOINT_KEY, check_compatible, load_meta_optimizer, meta_optimizer_config
 from lightning_l2o.cli import main as cli_main
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers.base import UPDATE_RULES, class_path
@@ -146,3 +146,10 @@ def test_a_checkpoint_of_another_meta_optimizer_is_refused_by_the_cli(tmp_path, 
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "holds a lightning_l2o.meta_optimizers.ff.FFMetaOptimizer" in err
     assert "use the config the checkpoint was trained with" in err
+
+
+def test_a_checkpoint_resumes_under_other_execution_options_but_not_another_architecture():
+    saved = meta_optimizer_config(FFMetaOptimizer(hidden_dim=8, num_layers=1))
+    check_compatible(saved, FFMetaOptimizer(hidden_dim=8, num_layers=1, chunk_size=64, network_dtype="bfloat16"))
+    with pytest.raises(ConfigError, match="hidden_dim: checkpoint 8, config 16"):
+        check_compatible(saved, FFMetaOptimizer(hidden_dim=16, num_layers=1, chunk_size=64))

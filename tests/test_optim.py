@@ -19,6 +19,7 @@ from lightning_l2o import (
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.params import ParamLayout, ParamSpace
 from tests.conftest import tiny_datamodule, tiny_trainer
+from tests.meta_optimizers.test_per_parameter import trained_looking
 
 
 def _regression(seed=0):
@@ -243,3 +244,47 @@ def test_a_non_finite_gradient_leaves_parameters_and_state_unchanged_warns_once_
     assert all(torch.equal(v, state[k]) for k, v in _rule_state(optimizer).items())
     step(False)
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+
+
+def _train(optimizer: LearnedOptimizer, model: nn.Module, steps: int = 5) -> list[torch.Tensor]:
+    x, y = _regression()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step(loss.item())
+    return [p.detach() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("rule", ["ff", "lstm", "pna"])
+def test_a_chunked_rule_deploys_like_the_unchunked_one(rule):
+    """A 97-parameter model, one chunk against chunks of 16 (the LSTM's state carried per chunk)."""
+    whole = trained_looking(LEARNED_RULES[rule]())
+    results = []
+    for update_rule in (whole, whole.with_config(chunk_size=16)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1))
+        results.append(_train(LearnedOptimizer(model, update_rule, lr=0.01), model))
+    for chunked, expected in zip(*results, strict=True):
+        torch.testing.assert_close(chunked, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_load_learned_optimizer_runs_a_trained_network_in_bfloat16_within_a_few_percent():
+    models = [nn.Linear(10, 1) for _ in range(3)]
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())
+    before = [p.detach().clone() for p in models[0].parameters()]
+    optimizers = [load_learned_optimizer("pretrained:ff_fashion_mnist_task17", model, network_dtype=dtype)
+                  for model, dtype in zip(models, [None, "bfloat16", "float32"])]
+    assert [o.update_rule.config["network_dtype"] for o in optimizers] == ["float32", "bfloat16", "float32"]
+    for optimizer in optimizers[1:]:
+        for p, q in zip(optimizer.update_rule.parameters(), optimizers[0].update_rule.parameters(), strict=True):
+            assert torch.equal(p, q)
+    fp32, bf16, rebuilt = (_train(o, m, steps=1) for o, m in zip(optimizers, models))
+    assert all(torch.equal(p, q) for p, q in zip(rebuilt, fp32))
+    updates = [torch.cat([(p - b).view(-1) for p, b in zip(params, before)]) for params in (fp32, bf16)]
+    assert 0 < (updates[1] - updates[0]).norm() / updates[0].norm() < 0.05
+    with pytest.raises(ConfigError, match="Opt2Vec has no per-parameter network; leave network_dtype unset"):
+        load_learned_optimizer("pretrained:opt2vec_mixed", models[0], network_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="network_dtype must be one of float32, bfloat16, got 'half'"):
+        load_learned_optimizer("pretrained:ff_fashion_mnist_task17", models[0], network_dtype="half")

@@ -41,10 +41,14 @@ class MetaOptimizer(nn.Module, ABC):
     Attributes:
         lr: the default step size, used when a caller gives none (the deploy wrapper's ``lr``).
         uses_loss: whether ``forward`` reads ``loss`` (the deploy wrapper then requires it).
+        execution_options: constructor arguments a checkpoint need not match (how the rule runs, not what it is).
     """
 
     lr: float
     uses_loss: bool = False
+    execution_options: tuple[str, ...] = ()
+    """Constructor arguments that change how the rule runs, not what it computes (e.g. ``chunk_size``): a checkpoint
+    resumes under other values of them."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

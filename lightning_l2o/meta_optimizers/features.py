@@ -14,15 +14,22 @@ A feature set maps flat ``params`` and ``grads`` ``(n,)`` and its own state to f
   eps 1e-8: Adam's ``sqrt(v_hat) + eps``, but differentiable where ``v = 0``), and the parameter divided by its
   root-mean-square over its own tensor: 6 features, invariant to the gradient's scale.
 
-Per-tensor normalisation (:func:`per_tensor_normalise`) is ``metz``'s, for every quantity; ``adam`` uses it for
+Per-tensor normalisation (:func:`per_tensor_scale`) is ``metz``'s, for every quantity; ``adam`` uses it for
 the parameter and normalises the gradient statistics per coordinate. :func:`build_feature_set` with
 ``progress=True`` appends the 11 time features of ``metz`` to any other set (:class:`ProgressFeatures`).
+
+A feature set works in two phases so that its caller can build the features chunk by chunk
+(:class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`): :meth:`FeatureSet.prepare` does
+the whole-vector work (the new state, and per-tensor statistics over whole tensors) and returns a function of a
+slice of coordinates that builds those coordinates' features; every feature is per coordinate given those
+statistics, so the chunks' features are exactly the rows of the whole ``(n, F)``.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -39,6 +46,10 @@ ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
 LOG_SIGN_P = 10.0
 SECOND_MOMENT_EPS = 1e-5
+ALL = slice(None)
+
+ChunkFeatures = Callable[[slice], Tensor]
+"""``rows`` (a slice of the flat vector; :data:`ALL`: every coordinate) -> those coordinates' features ``(c, F)``."""
 
 
 def log_sign(x: Tensor, p: float = LOG_SIGN_P) -> Tensor:
@@ -46,24 +57,33 @@ def log_sign(x: Tensor, p: float = LOG_SIGN_P) -> Tensor:
 
     ``(log|x| / p, sign x)`` where ``|x| >= exp(-p)``, else ``(-1, exp(p) x)``.
     """
-    big = x.abs() >= math.exp(-p)
-    log_part = torch.where(big, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0))
+    magnitude = x.abs()
+    big = magnitude >= math.exp(-p)
+    log_part = torch.where(big, magnitude.clamp_min(math.exp(-p)).log() / p, -1.0)
     sign_part = torch.where(big, torch.sign(x), math.exp(p) * x)
     return torch.stack([log_part, sign_part], dim=-1)
 
 
-def per_tensor_normalise(x: Tensor, space: ParamSpace) -> Tensor:
-    """Each column of ``x`` ``(n, k)`` divided by its root-mean-square over each parameter tensor: ``(n, k)``."""
+def per_tensor_scale(x: Tensor, space: ParamSpace) -> Tensor:
+    """``1 / RMS`` of each column of ``x`` ``(n, k)`` over each whole parameter tensor: ``(num_tensors, k)``.
+
+    ``x[rows] * scale[space.segment_ids[rows]]`` normalises the coordinates ``rows`` (``(c, k)``).
+    """
     segments, sizes = space.segment_ids, space.segment_sizes.to(x.dtype)
     sums = x.new_zeros(len(sizes), x.shape[1]).index_add(0, segments, x.square())
-    return x * torch.rsqrt(SECOND_MOMENT_EPS + sums / sizes[:, None])[segments]
+    return torch.rsqrt(SECOND_MOMENT_EPS + sums / sizes[:, None])
 
 
-def time_features(step: Tensor, n: int) -> Tensor:
-    """``tanh(step / s - 1)`` for the time scales ``s`` of ``METZ_TIMESCALES``, the same for all ``n`` rows:
-    ``(n, 11)``."""
+def time_features(step: Tensor) -> Tensor:
+    """``tanh(step / s - 1)`` for the time scales ``s`` of ``METZ_TIMESCALES``: ``(11,)``, the same for every
+    coordinate (see :func:`append_time`)."""
     timescales = torch.tensor(METZ_TIMESCALES, dtype=step.dtype, device=step.device)
-    return torch.tanh(step / timescales - 1).expand(n, -1)
+    return torch.tanh(step / timescales - 1)
+
+
+def append_time(features: Tensor, time: Tensor) -> Tensor:
+    """``features (c, F)`` followed by the time features ``time (T,)`` on every row: ``(c, F + T)``."""
+    return torch.cat([features, time.expand(len(features), -1)], dim=1)
 
 
 class FeatureSet(ABC):
@@ -77,8 +97,14 @@ class FeatureSet(ABC):
         """State for flat ``params`` ``(n,)``: momenta and whatever else the features need."""
 
     @abstractmethod
+    def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
+        """``params``, ``grads``: ``(n,)`` -> the features of any slice of coordinates, ``(c, num_features)``, and
+        the updated feature state (whole-vector work, e.g. per-tensor statistics, is done here, once)."""
+
     def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         """``params``, ``grads``: ``(n,)`` -> features ``(n, num_features)`` and the updated feature state."""
+        features, new_state = self.prepare(params, grads, state, space)
+        return features(ALL), new_state
 
 
 class KofinasFeatures(FeatureSet):
@@ -90,11 +116,15 @@ class KofinasFeatures(FeatureSet):
     def init_state(self, params: Tensor, space: ParamSpace) -> State:
         return {"momenta": params.new_zeros(len(params), len(KOFINAS_BETAS))}
 
-    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+    def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
         betas = torch.tensor(KOFINAS_BETAS, dtype=params.dtype, device=params.device)
         momenta = betas * state["momenta"] + grads[:, None]
-        quantities = torch.cat([params[:, None], grads[:, None], momenta], dim=1)
-        return log_sign(quantities).flatten(1), {"momenta": momenta}
+
+        def features(rows: slice) -> Tensor:
+            quantities = torch.cat([params[rows, None], grads[rows, None], momenta[rows]], dim=1)
+            return log_sign(quantities).flatten(1)
+
+        return features, {"momenta": momenta}
 
 
 class MetzFeatures(FeatureSet):
@@ -106,13 +136,16 @@ class MetzFeatures(FeatureSet):
     def init_state(self, params: Tensor, space: ParamSpace) -> State:
         return {"momenta": params.new_zeros(len(params), len(METZ_DECAYS)), "step": params.new_zeros(())}
 
-    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+    def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
         decays = torch.tensor(METZ_DECAYS, dtype=params.dtype, device=params.device)
         momenta = decays * state["momenta"] + (1 - decays) * grads[:, None]
         stacked = torch.cat([grads[:, None], params[:, None], momenta], dim=1)
-        normalised = per_tensor_normalise(stacked, space)
-        new_state = {"momenta": momenta, "step": state["step"] + 1}
-        return torch.cat([normalised, time_features(state["step"], len(params))], dim=1), new_state
+        scale, time = per_tensor_scale(stacked, space), time_features(state["step"])
+
+        def features(rows: slice) -> Tensor:
+            return append_time(stacked[rows] * scale[space.segment_ids[rows]], time)
+
+        return features, {"momenta": momenta, "step": state["step"] + 1}
 
 
 class AdamFeatures(FeatureSet):
@@ -126,14 +159,20 @@ class AdamFeatures(FeatureSet):
         return {"momenta": params.new_zeros(len(params), len(ADAM_FEATURE_BETAS)),
                 "second_moment": params.new_zeros(len(params)), "step": params.new_zeros(())}
 
-    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+    def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
         betas = torch.tensor(ADAM_FEATURE_BETAS, dtype=params.dtype, device=params.device)
         step = state["step"] + 1
         momenta = betas * state["momenta"] + (1 - betas) * grads[:, None]
         second_moment = ADAM_BETA2 * state["second_moment"] + (1 - ADAM_BETA2) * grads.square()
-        denominator = (second_moment / (1 - ADAM_BETA2**step) + ADAM_EPS**2).sqrt()
-        adam_normalised = torch.cat([grads[:, None], momenta / (1 - betas**step)], dim=1) / denominator[:, None]
-        features = torch.cat([adam_normalised, per_tensor_normalise(params[:, None], space)], dim=1)
+        momentum_correction, second_moment_correction = 1 - betas**step, 1 - ADAM_BETA2**step
+        param_scale = per_tensor_scale(params[:, None], space)
+
+        def features(rows: slice) -> Tensor:
+            denominator = (second_moment[rows] / second_moment_correction + ADAM_EPS**2).sqrt()
+            gradients = torch.cat([grads[rows, None], momenta[rows] / momentum_correction], dim=1)
+            normalised_params = params[rows, None] * param_scale[space.segment_ids[rows]]
+            return torch.cat([gradients / denominator[:, None], normalised_params], dim=1)
+
         return features, {"momenta": momenta, "second_moment": second_moment, "step": step}
 
 
@@ -149,10 +188,14 @@ class ProgressFeatures(FeatureSet):
     def init_state(self, params: Tensor, space: ParamSpace) -> State:
         return {**self.inner.init_state(params, space), "progress_step": params.new_zeros(())}
 
-    def __call__(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
-        features, inner_state = self.inner(params, grads, state, space)
-        time = time_features(state["progress_step"], len(params))
-        return torch.cat([features, time], dim=1), {**inner_state, "progress_step": state["progress_step"] + 1}
+    def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
+        inner, inner_state = self.inner.prepare(params, grads, state, space)
+        time = time_features(state["progress_step"])
+
+        def features(rows: slice) -> Tensor:
+            return append_time(inner(rows), time)
+
+        return features, {**inner_state, "progress_step": state["progress_step"] + 1}
 
 
 FEATURE_SETS: dict[str, type[FeatureSet]] = {"kofinas": KofinasFeatures, "metz": MetzFeatures, "adam": AdamFeatures}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from torch import Tensor, nn
 
 from lightning_l2o.meta_optimizers.base import State
-from lightning_l2o.meta_optimizers.per_parameter import OUTPUTS, PerParameterOptimizer
-from lightning_l2o.params import ParamSpace
+from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, OUTPUTS, PerParameterOptimizer
 
 
 class PerParameterMLP(nn.Module):
@@ -35,16 +35,17 @@ class PerParameterMLP(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features)
 
-    def forward_shared(self, shared: Tensor, index: Tensor, features: Tensor) -> Tensor:
-        """``forward(cat([shared[index], features], 1))`` with the first layer applied to the ``R`` shared rows.
+    def project_shared(self, shared: Tensor) -> Tensor:
+        """The first layer's weights on the leading ``D`` inputs, applied to ``R`` rows that many coordinates share
+        (e.g. a GNN's edge embeddings): ``shared (R, D)`` -> ``(R, hidden)``, for :meth:`forward_projected`."""
+        return shared @ self.net[0].weight[:, :shared.shape[1]].T
 
-        ``shared``: ``(R, D)`` rows that many coordinates share (e.g. a GNN's edge embeddings), ``index``: ``(n,)``
-        row of each coordinate, ``features``: ``(n, F)``; returns ``(n, 2)``.
-        """
+    def forward_projected(self, projected: Tensor, features: Tensor) -> Tensor:
+        """``forward(cat([shared[index], features], 1))`` given ``projected = project_shared(shared)[index]``
+        ``(c, hidden)`` and each coordinate's own ``features (c, F)``: ``(c, 2)``."""
         first = self.net[0]
-        weight_shared, weight_own = first.weight.split([shared.shape[1], features.shape[1]], dim=1)
-        hidden = (shared @ weight_shared.T)[index] + nn.functional.linear(features, weight_own, first.bias)
-        return self.net[1:](hidden)
+        own_weight = first.weight[:, first.in_features - features.shape[1]:]
+        return self.net[1:](projected + nn.functional.linear(features, own_weight, first.bias))
 
 
 class FFMetaOptimizer(PerParameterOptimizer):
@@ -56,9 +57,10 @@ class FFMetaOptimizer(PerParameterOptimizer):
     def __init__(
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 2, lr: float | None = None,
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
-        output_scale: float = 1.0,
+        output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
     ) -> None:
-        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale)
+        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
+                         chunk_size, network_dtype)
         self.network = PerParameterMLP(self.features.num_features, hidden_dim, num_layers)
         self.init_output_layer()
 
@@ -66,5 +68,5 @@ class FFMetaOptimizer(PerParameterOptimizer):
     def name(self) -> str:
         return "ff"
 
-    def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+    def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
         return self.network(features), {}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from lightning_l2o.meta_optimizers.base import State
-from lightning_l2o.meta_optimizers.per_parameter import OUTPUTS, PerParameterOptimizer
-from lightning_l2o.params import ParamSpace
+from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, OUTPUTS, PerParameterOptimizer
 
 
 class CoordinatewiseLSTM(nn.Module):
@@ -53,12 +54,15 @@ class LSTMMetaOptimizer(PerParameterOptimizer):
     See :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` for the arguments.
     """
 
+    network_state_dims: ClassVar[dict[str, int]] = {"lstm_h": 1, "lstm_c": 1}
+
     def __init__(
         self, features: str = "kofinas", hidden_dim: int = 32, num_layers: int = 1, lr: float | None = None,
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
-        output_scale: float = 1.0,
+        output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
     ) -> None:
-        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale)
+        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
+                         chunk_size, network_dtype)
         self.network = CoordinatewiseLSTM(self.features.num_features, hidden_dim, num_layers)
         self.init_output_layer()
 
@@ -70,6 +74,6 @@ class LSTMMetaOptimizer(PerParameterOptimizer):
         h, c = self.network.initial_state(len(params), params)
         return {"lstm_h": h, "lstm_c": c}
 
-    def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+    def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
         outputs, h, c = self.network(features, state["lstm_h"], state["lstm_c"])
         return outputs, {"lstm_h": h, "lstm_c": c}

@@ -9,6 +9,7 @@ import torch
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers.features import (
+    ALL,
     AdamFeatures,
     FeatureSet,
     KofinasFeatures,
@@ -160,3 +161,17 @@ def test_features_are_differentiable_in_params_and_grads(features):
     out, _ = features(params, grads, features.init_state(params.detach(), space), space)
     params_grad, grads_grad = torch.autograd.grad(out.square().sum(), (params, grads))
     assert torch.isfinite(params_grad).all() and grads_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("features", [KofinasFeatures(), MetzFeatures(), AdamFeatures(),
+                                      ProgressFeatures(AdamFeatures())], ids=["kofinas", "metz", "adam", "progress"])
+def test_the_features_of_chunks_are_the_rows_of_the_whole_features_bit_for_bit(features):
+    """Chunks of 3 of 7 coordinates cut tensor a (4 entries): its per-tensor statistics stay those of all of a."""
+    params = torch.randn(TWO_TENSORS.layout.total)
+    grads = [torch.randn_like(params) for _ in range(3)]
+    state = features.init_state(params, TWO_TENSORS)
+    for g in grads:
+        chunk_features, state = features.prepare(params, g, state, TWO_TENSORS)
+    chunks = torch.cat([chunk_features(slice(start, start + 3)) for start in range(0, 7, 3)])
+    assert torch.equal(chunks, chunk_features(ALL))
+    assert torch.equal(chunks, run_features(features, params, grads))

@@ -1,5 +1,5 @@
-"""FF and LSTM meta-optimizers: shapes, the one-step update form, meta-gradients, deployment, and the options
-(features, progress_features, adam_lr, output_scale)."""
+"""FF and LSTM meta-optimizers: shapes, the one-step update form, meta-gradients, deployment, the options
+(features, progress_features, adam_lr, output_scale), chunking and the bfloat16 network."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.optim import Optimizer
 
 from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer, load_learned_optimizer
 from lightning_l2o.checkpoints import build_meta_optimizer, meta_optimizer_config
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
-from lightning_l2o.meta_optimizers import Adam
+from lightning_l2o.meta_optimizers import Adam, MetaOptimizer, State
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.optim import LearnedOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
@@ -37,6 +38,7 @@ OPTIONS = {  # every inductive-bias option, alone and together
     "all": {"features": "adam", "progress_features": True, "adam_lr": 1e-2},
     "output_scale": {"features": "kofinas", "output_scale": 0.01},
 }
+FEATURE_OPTIONS = {"kofinas": {"features": "kofinas"}, **OPTIONS}
 
 
 def small_mlp() -> nn.Module:
@@ -61,6 +63,23 @@ def train_small_model(make_optimizer: Callable[[nn.Module], Optimizer], steps: i
         losses.append(loss.item())
         optimizer.step()
     return ParamLayout.flatten([p.detach() for p in model.parameters()]), losses
+
+
+@torch.no_grad()
+def run_rule(rule: MetaOptimizer, space: ParamSpace, params: Tensor, grads: list[Tensor]) -> tuple[Tensor, State]:
+    """``params`` ``(n,)`` and ``rule``'s state after one step per gradient of ``grads``, from a fresh state."""
+    state = rule.init_state(params, space)
+    for g in grads:
+        params, state, _ = rule(params, g, torch.tensor(1.0), state, space, rule.lr)
+    return params, state
+
+
+def trained_looking(rule: PerParameterOptimizer) -> PerParameterOptimizer:
+    """``rule`` with a random output layer (with ``adam_lr`` it starts at zero and would hide the network)."""
+    with torch.no_grad():
+        rule.output_layer.weight.normal_()
+        rule.output_layer.bias.normal_(0, 0.1)
+    return rule
 
 
 def check_untrained_adam_correction_is_adam(rule: PerParameterOptimizer) -> None:
@@ -160,6 +179,9 @@ def test_unrolled_meta_gradient_reaches_every_weight(make):
     ({"output_scale": -1.0}, "output_scale must be > 0, got -1.0; e.g. 0.01"),
     ({"adam_lr": 1e-2, "output_scale": 0.01}, "remove output_scale or set adam_lr: null"),
     ({"features": "metz", "progress_features": True}, "set progress_features: false"),
+    ({"chunk_size": 0}, "chunk_size must be a positive integer, got 0; e.g. 16384"),
+    ({"chunk_size": 1.5}, "chunk_size must be a positive integer, got 1.5"),
+    ({"network_dtype": "float16"}, "network_dtype must be one of float32, bfloat16, got 'float16'"),
 ])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -176,7 +198,7 @@ def test_options_set_the_input_width_the_state_and_the_recorded_config():
     assert set(state) == {"momenta", "progress_step", "adam_exp_avg", "adam_exp_avg_sq", "adam_step"}
     assert FFMetaOptimizer().config == {"features": "kofinas", "hidden_dim": 64, "num_layers": 2, "lr": 0.01,
                                         "exp_scale": 0.01, "progress_features": False, "adam_lr": None,
-                                        "output_scale": 1.0}
+                                        "output_scale": 1.0, "chunk_size": 16384, "network_dtype": "float32"}
 
 
 @pytest.mark.parametrize("features", FEATURES)
@@ -270,3 +292,69 @@ def test_trained_rule_deploys_as_a_torch_optimizer_from_its_checkpoint(tmp_path,
     for key, value in module.meta_optimizer.state_dict().items():
         torch.testing.assert_close(saved[key], value)
     assert optimizer.update_rule.output_layer.weight.any()  # meta-training moved even a zero-initialised one
+
+
+@pytest.mark.parametrize("chunk_size", [4, 64], ids=["n_not_a_multiple_of_the_chunk", "n_below_one_chunk"])
+@pytest.mark.parametrize("options", list(FEATURE_OPTIONS.values()), ids=list(FEATURE_OPTIONS))
+@pytest.mark.parametrize("make", RULES)
+def test_chunked_steps_equal_the_unchunked_ones(make, options, chunk_size):
+    """Three steps (the LSTM's state carried chunk by chunk): the same values, up to the BLAS's summation order
+    inside the network's dot products, which it may change with a matmul's number of rows (1 ulp)."""
+    whole = trained_looking(make(**options, chunk_size=LAYOUT.total))
+    params = torch.randn(LAYOUT.total)
+    grads = [torch.randn_like(params) for _ in range(3)]  # 15 coordinates: chunks of 4 cut tensor w (12) in three
+    expected, expected_state = run_rule(whole, SPACE, params, grads)
+    result, state = run_rule(whole.with_config(chunk_size=chunk_size), SPACE, params, grads)
+    torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6)
+    assert set(state) == set(expected_state)
+    for key, value in expected_state.items():
+        torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", RULES)
+def test_the_meta_gradient_through_chunks_equals_the_unchunked_one(make):
+    rules = [trained_looking(make("adam", progress_features=True, adam_lr=1e-2, chunk_size=5))]
+    rules.append(rules[0].with_config(chunk_size=2))  # the quadratic's 5 coordinates in 3 chunks
+    results = []
+    for rule in rules:
+        meta_loss = unroll(rule, InnerState.start(quadratic(), rule), 3, "lookahead", "same").meta_loss
+        results.append((meta_loss, torch.autograd.grad(meta_loss, list(rule.parameters()))))
+    (loss, grads), (chunked_loss, chunked_grads) = results
+    assert torch.equal(chunked_loss, loss)
+    for chunked, whole in zip(chunked_grads, grads, strict=True):
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: FFMetaOptimizer("adam", hidden_dim=4, num_layers=1, chunk_size=2), id="ff"),
+    pytest.param(lambda: LSTMMetaOptimizer("adam", hidden_dim=2, chunk_size=2), id="lstm"),
+])
+def test_the_meta_gradient_through_chunks_matches_central_differences(float64, make):
+    """A 3-step unroll (second order included) over 3 chunks: the autograd meta-gradient's derivative along random
+    directions of the rule's weights equals central differences of the meta-loss."""
+    rule = trained_looking(make())
+    weights = list(rule.parameters())
+
+    def meta_loss(at: Tensor) -> Tensor:
+        vector_to_parameters(at, weights)
+        return unroll(rule, InnerState.start(quadratic(), rule), 3, "train").meta_loss
+
+    start = parameters_to_vector(weights).detach().clone()
+    gradient = parameters_to_vector(torch.autograd.grad(meta_loss(start), weights))
+    eps = 1e-6
+    for direction in torch.randn(3, len(start)):
+        numeric = (meta_loss(start + eps * direction).item() - meta_loss(start - eps * direction).item()) / (2 * eps)
+        assert float(gradient @ direction) == pytest.approx(numeric, rel=1e-6)
+
+
+@pytest.mark.parametrize("make", RULES)
+def test_a_bfloat16_network_gives_an_update_within_a_few_percent_of_float32(make):
+    rule = trained_looking(make("kofinas", chunk_size=4))
+    params = torch.randn(LAYOUT.total)
+    grads = [torch.randn_like(params) for _ in range(3)]
+    bf16 = rule.with_config(network_dtype="bfloat16")
+    (expected, _), (result, state) = run_rule(rule, SPACE, params, grads), run_rule(bf16, SPACE, params, grads)
+    relative = ((result - params) - (expected - params)).norm() / (expected - params).norm()
+    assert 0 < relative < 0.05
+    assert all(v.dtype == torch.float32 for v in state.values()) and result.dtype == torch.float32
+    assert bf16.config["network_dtype"] == "bfloat16" and rule.config["network_dtype"] == "float32"

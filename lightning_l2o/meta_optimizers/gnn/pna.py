@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +14,10 @@ from torch_geometric.nn.resolver import activation_resolver, normalization_resol
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
 from lightning_l2o.meta_optimizers.base import State, check_positive
+from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures
 from lightning_l2o.meta_optimizers.ff import PerParameterMLP
 from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, LayerPositionEmbedding, compose
-from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
+from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, PerParameterOptimizer
 from lightning_l2o.params import ParamSpace
 
 TASK_17_LAYOUT = (1, 16, 32, 32, 10)
@@ -106,9 +108,10 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         hidden_dim: node / edge embedding size and the read-out MLP's width.
         num_layers: message-passing layers.
         head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
-        lr, exp_scale, progress_features, adam_lr, output_scale: as in
+        lr, exp_scale, progress_features, adam_lr, output_scale, chunk_size, network_dtype: as in
             :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``adam_lr`` and
-            ``output_scale`` act on the per-parameter MLP's output layer).
+            ``output_scale`` act on the per-parameter MLP's output layer; the GNN runs on the whole graph, the
+            read-out MLP in chunks and, with ``network_dtype: bfloat16``, in bf16).
         aggregators, scalers: PNA's aggregators and degree scalers.
         degree_layout: layer widths of the graph whose degree histogram normalises the scalers (task 17).
         kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
@@ -118,7 +121,8 @@ class PNAMetaOptimizer(PerParameterOptimizer):
     def __init__(
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 8, head_layers: int | None = None,
         lr: float | None = None, exp_scale: float | None = None, progress_features: bool = False,
-        adam_lr: float | None = None, output_scale: float = 1.0,
+        adam_lr: float | None = None, output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
+        network_dtype: str = "float32",
         aggregators: Sequence[str] = ("mean", "min", "max", "std"), scalers: Sequence[str] = ("identity", "amplification"),
         degree_layout: Sequence[int] = TASK_17_LAYOUT, kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024,
         max_hidden_layers: int = 32, max_outputs: int = 1024,
@@ -129,9 +133,9 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         if len(degree_layout) < 2 or min(degree_layout) < 1:
             raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got {degree_layout}")
         super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
-                         head_layers=head_layers, aggregators=list(aggregators), scalers=list(scalers),
-                         degree_layout=list(degree_layout), kernel_size=kernel_size, max_inputs=max_inputs,
-                         max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
+                         chunk_size, network_dtype, head_layers=head_layers, aggregators=list(aggregators),
+                         scalers=list(scalers), degree_layout=list(degree_layout), kernel_size=kernel_size,
+                         max_inputs=max_inputs, max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
         num_features = self.features.num_features
         self.network = PNANetwork(num_features, hidden_dim, num_layers, aggregators, scalers,
                                   degree_histogram(degree_layout), kernel_size, max_inputs, max_hidden_layers, max_outputs)
@@ -158,8 +162,13 @@ class PNAMetaOptimizer(PerParameterOptimizer):
     def output_layer(self) -> nn.Linear:
         return self.head.output_layer
 
-    def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
+    def network_context(self, features: ChunkFeatures, space: ParamSpace) -> tuple[Tensor, Tensor]:
+        """The GNN on the whole graph: each owner's (edge's or bias node's) embedding through the read-out's first
+        layer, ``(R, hidden)``, and the owner of each coordinate, ``(n,)``."""
         graph = space.require_graph(type(self).__name__)
-        edge_embeddings, node_embeddings = self.network(features, graph)
-        shared = graph.owner_table(edge_embeddings, node_embeddings)
-        return self.head.forward_shared(shared, graph.param_owner, features), {}
+        edge_embeddings, node_embeddings = self.network(features(ALL), graph)
+        return self.head.project_shared(graph.owner_table(edge_embeddings, node_embeddings)), graph.param_owner
+
+    def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
+        projected, owner = context
+        return self.head.forward_projected(projected[owner[rows]], features), {}

@@ -25,8 +25,10 @@ from tests.meta_optimizers.test_per_parameter import (
     check_round_trip_and_deploy,
     check_untrained_adam_correction_is_adam,
     check_zero_output_layer_still_learns,
+    run_rule,
     small_mlp,
     train_small_model,
+    trained_looking,
 )
 
 
@@ -45,14 +47,6 @@ def cnn() -> nn.Module:
 
 def flat(model: nn.Module) -> Tensor:
     return ParamLayout.flatten([p.detach() for p in model.parameters()])
-
-
-def run_rule(rule: MetaOptimizer, space: ParamSpace, params: Tensor, grads: list[Tensor]) -> Tensor:
-    state = rule.init_state(params, space)
-    with torch.no_grad():
-        for g in grads:
-            params, state, _ = rule(params, g, torch.tensor(1.0), state, space, rule.lr)
-    return params
 
 
 def permute_hidden(layer: nn.Module, following: nn.Module, perm: Tensor) -> None:
@@ -81,8 +75,8 @@ def permutation_error(rule: MetaOptimizer, model: nn.Module, pairs: list[tuple[s
     torch.manual_seed(1)
     params = flat(model)
     grads = [torch.randn_like(params) for _ in range(3)]
-    plain = run_rule(rule, space, params, grads)
-    permuted = run_rule(rule, space, params[index], [g[index] for g in grads])
+    plain, _ = run_rule(rule, space, params, grads)
+    permuted, _ = run_rule(rule, space, params[index], [g[index] for g in grads])
     return float((permuted - plain[index]).abs().max() / plain.abs().max())
 
 
@@ -174,7 +168,7 @@ def test_one_pna_runs_on_every_width_depth_dataset_and_mlp(name):
     model = ARCHITECTURES[name]()
     space = ParamSpace.of_module(model)
     params = flat(model)
-    new = run_rule(rule, space, params, [torch.randn_like(params)])
+    new, _ = run_rule(rule, space, params, [torch.randn_like(params)])
     assert torch.isfinite(new).all() and not torch.equal(new, params)
 
 
@@ -281,3 +275,16 @@ def test_pna_output_scale_shrinks_the_first_update_and_keeps_a_random_draw_finit
 @pytest.mark.parametrize("options", list(OPTIONS.values()), ids=list(OPTIONS))
 def test_every_option_of_the_pna_round_trips_through_a_checkpoint_config_and_deploys(options):
     check_round_trip_and_deploy(small_pna(**options), model=small_mlp)
+
+
+def test_the_read_out_in_chunks_equals_one_chunk_and_runs_in_bfloat16():
+    """83 coordinates in chunks of 16: each chunk's rows of the GNN's shared table, its own features."""
+    model = mlp()
+    space, params = ParamSpace.of_module(model), flat(model)
+    grads = [torch.randn_like(params) for _ in range(2)]
+    whole = trained_looking(small_pna(features="metz", chunk_size=len(params)))
+    expected, _ = run_rule(whole, space, params, grads)
+    chunked, _ = run_rule(whole.with_config(chunk_size=16), space, params, grads)
+    torch.testing.assert_close(chunked, expected, rtol=1e-6, atol=1e-6)
+    bf16, _ = run_rule(whole.with_config(network_dtype="bfloat16"), space, params, grads)
+    assert 0 < ((bf16 - params) - (expected - params)).norm() / (expected - params).norm() < 0.05

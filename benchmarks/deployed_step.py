@@ -1,0 +1,173 @@
+"""Deployed step: the learned optimizers' achieved GFLOP/s against this machine's fp32 matmul, on one thread.
+
+    python benchmarks/deployed_step.py [--repeats 10] [--chunk-size 16384]
+
+On one intra-op thread (``torch.set_num_threads(1)``):
+
+1. This machine's fp32 matmul throughput: a 2048 x 2048 by 2048 x 2048 ``mm``, best of the repeats.
+2. ``optimizer.step()`` on a 1,068,810-parameter MLP (784-1024-256-10) with fixed gradients, for
+   ``torch.optim.Adam`` (``foreach`` and ``fused``) and the per-parameter rules: FF with each feature set (``kofinas``
+   is the shipped ``ff_fashion_mnist_task17``, the others untrained), the LSTM, each in chunks (the default), in one
+   chunk (``chunk_size`` = n, the pre-chunking computation) and with ``network_dtype: bfloat16``. The steps are
+   interleaved (one step of each optimizer per round); min and median over the rounds after a warm-up round.
+3. Achieved GFLOP/s: the network's multiply-adds, ``2 x n x sum(in x out)`` over its layers (an LSTM cell counts
+   its four gates, ``4 hidden x (in + hidden)``), over the step's best time (the whole ``step()``: features,
+   network, update and the deploy wrapper's finiteness guard).
+4. Each variant's update against the same rule in chunks of the default size, from the same parameters, gradient
+   and state: the largest absolute difference (0: bit-identical) and the relative difference ``|d - d_ref| / |d_ref|``.
+
+Appends its table to ``benchmarks/results/deployed_step.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from results_table import save_report
+
+from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, LSTMMetaOptimizer
+from lightning_l2o.checkpoints import load_meta_optimizer
+from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, PerParameterOptimizer
+from lightning_l2o.params import ParamLayout, ParamSpace
+
+MATMUL_SIZE = 2048
+
+
+def mlp() -> nn.Module:
+    """The 1,068,810-parameter MLP of ``benchmarks/speed.py``, with fixed gradients (standard deviation 1e-3)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 256), nn.ReLU(),
+                          nn.Linear(256, 10))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    return model
+
+
+def matmul_gflops(repeats: int) -> float:
+    """fp32 GFLOP/s of a square ``mm`` of side :data:`MATMUL_SIZE`, best of ``repeats``."""
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * MATMUL_SIZE**3 / best / 1e9
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def network_flops_per_coordinate(rule: PerParameterOptimizer) -> int:
+    """``2 x sum(in x out)`` over the rule's network: its linear layers and each LSTM cell's four gates."""
+    macs = 0
+    for module in rule.network.modules():
+        if isinstance(module, nn.Linear):
+            macs += module.in_features * module.out_features
+        elif isinstance(module, nn.LSTMCell):
+            macs += 4 * module.hidden_size * (module.input_size + module.hidden_size)
+    return 2 * macs
+
+
+@torch.no_grad()
+def first_update(rule: PerParameterOptimizer, model: nn.Module) -> Tensor:
+    """The rule's first update ``(n,)`` of ``model``'s parameters, from its gradients and a fresh state."""
+    space = ParamSpace.of_module(model)
+    params = ParamLayout.flatten([p.detach() for p in model.parameters()])
+    grads = ParamLayout.flatten([p.grad for p in model.parameters()])
+    new, _, _ = rule(params, grads, torch.tensor(0.0), rule.init_state(params, space), space, rule.lr)
+    return new - params
+
+
+def learned_rules(chunk_size: int, n: int) -> dict[str, tuple[PerParameterOptimizer, str | None]]:
+    """Each benchmarked rule and the name of the rule its update is compared with (``None``: itself a reference)."""
+    torch.manual_seed(0)
+    bases = {
+        "ff kofinas (ff_fashion_mnist_task17)": load_meta_optimizer("pretrained:ff_fashion_mnist_task17"),
+        "ff metz": FFMetaOptimizer(features="metz"),
+        "ff adam": FFMetaOptimizer(features="adam"),
+        "lstm kofinas": LSTMMetaOptimizer(),
+    }
+    rules: dict[str, tuple[PerParameterOptimizer, str | None]] = {}
+    for name, rule in bases.items():
+        reference = rule.with_config(chunk_size=chunk_size)
+        rules[f"{name}, chunks of {chunk_size}"] = (reference, None)
+        if name.startswith(("ff kofinas", "lstm")):
+            rules[f"{name}, one chunk"] = (rule.with_config(chunk_size=n), f"{name}, chunks of {chunk_size}")
+            rules[f"{name}, bfloat16"] = (rule.with_config(chunk_size=chunk_size, network_dtype="bfloat16"),
+                                          f"{name}, chunks of {chunk_size}")
+    return rules
+
+
+def step_times(optimizers: dict[str, Optimizer], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each optimizer's ``step()``, interleaved: one step of each per round, after a warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for round_index in range(repeats + 1):
+        for name, optimizer in optimizers.items():
+            seconds = timed(optimizer.step)
+            if round_index:
+                times[name].append(seconds)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="interleaved rounds (default 10)")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help=f"the rules' chunk size (default {DEFAULT_CHUNK_SIZE})")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    matmul = matmul_gflops(max(args.repeats, 3))
+    n = sum(p.numel() for p in mlp().parameters())
+    rules = learned_rules(args.chunk_size, n)
+    optimizers: dict[str, Optimizer] = {
+        f"torch.optim.Adam ({kind})": torch.optim.Adam(mlp().parameters(), lr=1e-3, **{kind: True})
+        for kind in ("foreach", "fused")
+    }
+    optimizers.update({name: LearnedOptimizer(mlp(), rule) for name, (rule, _) in rules.items()})
+    times = step_times(optimizers, args.repeats)
+    updates = {name: first_update(rule, mlp()) for name, (rule, _) in rules.items()}
+    adam = statistics.median(times["torch.optim.Adam (foreach)"])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        f"### {datetime.now():%Y-%m-%d %H:%M}: deployed step on an MLP with {n:,} parameters, 1 thread",
+        "",
+        (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+         f"load average {load} at the end; {args.repeats} interleaved rounds; chunk size {args.chunk_size}."),
+        f"fp32 matmul ({MATMUL_SIZE}^3 `mm`, 1 thread): **{matmul:.1f} GFLOP/s**.",
+        "",
+        ("| optimizer | GFLOP / step | min (ms) | median (ms) | median × Adam (foreach) | GFLOP/s (min) "
+         "| % of matmul | max abs diff of the update | relative diff |"),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, samples in times.items():
+        best, median = min(samples), statistics.median(samples)
+        cells = [name, "—", f"{1000 * best:.1f}", f"{1000 * median:.1f}", f"{median / adam:.3g}"] + ["—"] * 4
+        if name in rules:
+            rule, reference = rules[name]
+            gflop = network_flops_per_coordinate(rule) * n / 1e9
+            cells[1], cells[5], cells[6] = f"{gflop:.2f}", f"{gflop / best:.1f}", f"{100 * gflop / best / matmul:.0f} %"
+            cells[7:] = ["— (reference)"] * 2
+            if reference is not None:
+                delta = updates[name] - updates[reference]
+                cells[7:] = [f"{delta.abs().max().item():.2g}", f"{(delta.norm() / updates[reference].norm()).item():.2%}"]
+        lines.append(f"| {' | '.join(cells)} |")
+    save_report(lines, "deployed_step.md", append=True)
+
+
+if __name__ == "__main__":
+    main()

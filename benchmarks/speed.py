@@ -1,12 +1,10 @@
-"""Speed: meta-training throughput on task 17 and deployed step time against ``torch.optim.Adam``.
+"""Speed of meta-training: inner steps per second on task 17 (the deployed step: ``benchmarks/deployed_step.py``).
 
     L2O_DATA_DIR=../shared/data python benchmarks/speed.py
 
-1. Meta-training: inner steps per second of FF and LSTM on task 17 (FashionMNIST CNN, batch 128), with the
+Inner steps per second of FF and LSTM on task 17 (FashionMNIST CNN, batch 128), with the
    reference's greedy one-step lookahead (``backprop_window: 1``) and with backpropagation through the whole
    100-step unroll; timed over outer steps of a real ``Trainer.fit`` after one warm-up step.
-2. Deployment: median ``optimizer.step()`` time on a 1.07M-parameter MLP (784-1024-256-10) with gradients
-   in place, relative to ``torch.optim.Adam``.
 Writes ``benchmarks/results/speed.md``.
 """
 
@@ -21,7 +19,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from results_table import save_report
 
 from datamodules import TaskDataModule
-from lightning_l2o import FFMetaOptimizer, L2OModule, LearnedOptimizer, LSTMMetaOptimizer, Opt2Vec
+from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.tasks import TaskSpec
 
@@ -64,24 +61,9 @@ def meta_training_rate(rule_cls: type, window: int | None, outer_steps: int) -> 
     return INNER_STEPS / statistics.mean(timer.times[1:])
 
 
-def step_time(make_optimizer, model: nn.Module, repeats: int) -> float:
-    """Median seconds of one ``optimizer.step()`` with fixed gradients."""
-    optimizer = make_optimizer(model.parameters())
-    for p in model.parameters():
-        p.grad = torch.randn_like(p) * 1e-3
-    times = []
-    for i in range(repeats + 5):
-        start = time.perf_counter()
-        optimizer.step(0.0) if isinstance(optimizer, LearnedOptimizer) else optimizer.step()
-        if i >= 5:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outer-steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     os.environ.setdefault("L2O_DATA_DIR", str(REPO.parent / "shared" / "data"))
     torch.manual_seed(0)
@@ -92,20 +74,6 @@ def main() -> None:
             rate = meta_training_rate(cls, window, args.outer_steps)
             lines.append(f"| {name} | {label} | {rate:.1f} |")
             print(lines[-1], flush=True)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 256), nn.ReLU(),
-                          nn.Linear(256, 10))
-    n = sum(p.numel() for p in model.parameters())
-    optimizers = {
-        "torch.optim.Adam": lambda p: torch.optim.Adam(p, lr=1e-3),
-        "ff (kofinas)": lambda p: LearnedOptimizer(p, FFMetaOptimizer()),
-        "ff (metz)": lambda p: LearnedOptimizer(p, FFMetaOptimizer(features="metz")),
-        "lstm (kofinas)": lambda p: LearnedOptimizer(p, LSTMMetaOptimizer()),
-        "opt2vec": lambda p: LearnedOptimizer(p, Opt2Vec()),
-    }
-    times = {name: step_time(make, model, args.repeats) for name, make in optimizers.items()}
-    adam = times["torch.optim.Adam"]
-    lines += ["", f"| deployed optimizer, MLP with {n:,} parameters | step time (ms) | × Adam |", "|---|---|---|"]
-    lines += [f"| {name} | {1000 * t:.2f} | {t / adam:.1f} |" for name, t in times.items()]
     save_report(lines, "speed.md")
 
 

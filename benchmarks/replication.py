@@ -67,7 +67,7 @@ def report(
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
            "--checkpoints", str(_checkpoints(methods, runs))]
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, env=_env(2), check=True)
+    subprocess.run(cmd, cwd=REPO, env=_env(1), check=True)
 
 
 def _checkpoints(methods: list[str], runs: list[str]) -> dict[str, str | list[str]]:

@@ -16,9 +16,10 @@ from lightning_l2o.tasks import Segment, TaskSpec, build_task
 class TaskDataModule(pl.LightningDataModule):
     """Training segments from a seeded task stream; fixed held-out tasks for validation and test.
 
-    Training draws tasks from ``train_tasks`` templates with seeds derived from ``(seed, rank, task
+    Training draws tasks from ``train_tasks`` templates with seeds derived from ``(seed, stream, task
     counter)``, never equal to a validation or test seed, and cuts each task's horizon into segments
-    of ``unroll_length`` inner steps (one segment per outer step). The stream position is part of
+    of ``unroll_length`` inner steps. Each outer step gets a meta-batch: one segment from each of
+    ``meta_batch_size`` independent streams per rank (their meta-gradients are averaged). The stream position is part of
     the datamodule's ``state_dict``, so a resumed ``fit`` continues the stream where it stopped.
     Validation and test tasks are the templates crossed with ``val_seeds`` / ``test_seeds``.
 
@@ -36,6 +37,7 @@ class TaskDataModule(pl.LightningDataModule):
             from ``[random_horizon_min * T, random_horizon_max * T]`` (``null``: fixed horizons).
         random_horizon_min: lower factor of the random horizon.
         random_horizon_max: upper factor of the random horizon.
+        meta_batch_size: optimizees (task streams) per rank and outer step.
     """
 
     def __init__(
@@ -51,11 +53,12 @@ class TaskDataModule(pl.LightningDataModule):
         random_horizon_after: int | None = None,
         random_horizon_min: float = 0.75,
         random_horizon_max: float = 2.5,
+        meta_batch_size: int = 1,
     ) -> None:
         super().__init__()
-        if (unroll_length is not None and unroll_length < 1) or epoch_length < 1:
-            raise ConfigError(f"unroll_length must be >= 1 or null and epoch_length >= 1, got {unroll_length}, "
-                              f"{epoch_length}")
+        if (unroll_length is not None and unroll_length < 1) or epoch_length < 1 or meta_batch_size < 1:
+            raise ConfigError(f"data.unroll_length must be >= 1 or null, data.epoch_length >= 1 and "
+                              f"data.meta_batch_size >= 1, got {unroll_length}, {epoch_length}, {meta_batch_size}")
         for key, templates in (("train_tasks", train_tasks), ("val_tasks", val_tasks), ("test_tasks", test_tasks)):
             _check_templates(key, templates)
         if random_horizon_after is not None and (random_horizon_after < 0 or
@@ -75,6 +78,7 @@ class TaskDataModule(pl.LightningDataModule):
             )
         self.train_tasks, self.val_tasks, self.test_tasks = list(train_tasks), list(val_tasks), list(test_tasks)
         self.unroll_length, self.epoch_length, self.seed = unroll_length, epoch_length, seed
+        self.meta_batch_size = meta_batch_size
         self.val_seeds, self.test_seeds = list(val_seeds), list(test_seeds)
         self.next_index = 0
 
@@ -91,7 +95,7 @@ class TaskDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         dataset = SegmentDataset(self.train_tasks, self.seed, rank, self.heldout_seeds, self.unroll_length,
-                                 self.epoch_length, self._stream_position, self.random_horizon)
+                                 self.epoch_length, self._stream_position, self.random_horizon, self.meta_batch_size)
         return DataLoader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
@@ -104,8 +108,9 @@ class TaskDataModule(pl.LightningDataModule):
         return self.next_index
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, Segment) and self.trainer is not None and self.trainer.training:
-            self.next_index = batch.index + 1
+        if isinstance(batch, list) and isinstance(batch[0], Segment) and self.trainer is not None \
+                and self.trainer.training:
+            self.next_index = batch[0].index + 1
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -72,27 +72,32 @@ def segment_stream(
 
 
 class SegmentDataset(IterableDataset):
-    """One training epoch of segments, starting at the stream position ``position()`` read at each ``iter``.
+    """One training epoch of meta-batches, starting at the stream position ``position()`` read at each ``iter``.
 
-    Epoch ``e`` is segments ``[e * length, (e + 1) * length)``; iterating from a position inside an
-    epoch (after a resume) yields the rest of that epoch.
+    A meta-batch is a list of ``meta_batch_size`` segments, one from each of as many independent task streams
+    (stream ``rank * meta_batch_size + slot``, so one slot per rank reproduces the single-stream run), taken at
+    the same position. Epoch ``e`` is positions ``[e * length, (e + 1) * length)``; iterating from a position
+    inside an epoch (after a resume) yields the rest of that epoch.
     """
 
     def __init__(
         self, templates: Sequence[TaskSpec], seed: int, rank: int, heldout_seeds: frozenset[int],
         unroll_length: int | None, epoch_length: int, position: Callable[[], int],
-        random_horizon: RandomHorizon | None = None,
+        random_horizon: RandomHorizon | None = None, meta_batch_size: int = 1,
     ) -> None:
         self.templates, self.seed, self.rank, self.heldout_seeds = templates, seed, rank, heldout_seeds
         self.unroll_length, self.epoch_length, self.position = unroll_length, epoch_length, position
-        self.random_horizon = random_horizon
+        self.random_horizon, self.meta_batch_size = random_horizon, meta_batch_size
 
     def __len__(self) -> int:
         return self.epoch_length
 
-    def __iter__(self) -> Iterator[Segment]:
+    def __iter__(self) -> Iterator[list[Segment]]:
         start = self.position()
         end = (start // self.epoch_length + 1) * self.epoch_length
-        segments = segment_stream(task_stream(self.templates, self.seed, self.rank, self.heldout_seeds),
-                                  self.unroll_length, self.random_horizon)
-        return itertools.islice(segments, start, end)
+        streams = [
+            segment_stream(task_stream(self.templates, self.seed, self.rank * self.meta_batch_size + slot,
+                                       self.heldout_seeds), self.unroll_length, self.random_horizon)
+            for slot in range(self.meta_batch_size)
+        ]
+        return itertools.islice(map(list, zip(*streams)), start, end)

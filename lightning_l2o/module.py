@@ -26,20 +26,21 @@ from lightning_l2o.unroll import InnerState
 class L2OModule(pl.LightningModule):
     """Meta-trains ``meta_optimizer`` (manual optimization) and meta-tests it.
 
-    Training: each batch is a :class:`~lightning_l2o.tasks.Segment` of K inner steps. The inner state
-    (optimizee parameters, optimizer state, history, batch generator) is carried from one segment of a
+    Training: each batch is a meta-batch, a list of :class:`~lightning_l2o.tasks.Segment` of K inner steps, one per
+    slot (``data.meta_batch_size``); the slots' meta-gradients are averaged into one outer update. Each slot's inner
+    state (optimizee parameters, optimizer state, history, batch generator) is carried from one segment of its
     task to the next and detached in between; a new task starts a fresh optimizee. The segment's
     meta-gradient comes from :attr:`estimator` (by default :class:`~lightning_l2o.estimators.TruncatedBackprop`:
     the meta-loss backpropagated, optionally in windows of ``backprop_window`` steps; or
     :class:`~lightning_l2o.estimators.PersistentES`, unbiased over the whole horizon); the module
-    clips it and applies it with Adam. A non-finite meta-loss, inner state or meta-gradient skips the outer update, is
-    counted in ``train/nonfinite_segments`` and restarts the task.
+    clips it and applies it with Adam. A non-finite meta-loss, inner state or meta-gradient in any slot skips the
+    outer update, is counted in ``train/nonfinite_segments`` and restarts that slot's task.
 
     Under DDP each rank trains its own optimizees (its own task stream). The ranks agree on every skip: a segment
     non-finite on any rank skips the outer update on all of them (that rank restarts its task, the others carry
     on with theirs); otherwise the meta-gradients are averaged across ranks once, after all of a segment's backward
     passes (DDP's own per-backward all-reduce is switched off: it would wait forever on a rank that skipped).
-    Checkpoints hold every rank's optimizee.
+    Checkpoints hold every rank's and slot's optimizee.
 
     Validation and test: every held-out task is trained for its horizon by the learned rule and by
     each of ``baselines`` at the lr that is best on the validation tasks of its family (searched on
@@ -92,8 +93,9 @@ class L2OModule(pl.LightningModule):
         self.meta_test_trajectories: list[Trajectory] = []
         self.nonfinite_segments = 0
         self._consecutive_nonfinite = 0
-        self._inner: InnerState | None = None
-        self._restored_inner: dict[str, Any] | None = None
+        self._inners: list[InnerState | None] = []  # one optimizee per meta-batch slot
+        self._restored_inners: list[dict[str, Any] | None] = []
+        self._slot_estimators = [self.estimator]
         self._val_grid: dict[tuple[str, float, str], Trajectory] = {}
         self._tuned_lrs: dict[tuple[str, str], float] = {}
 
@@ -112,16 +114,21 @@ class L2OModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def training_step(self, segment: Segment, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, segments: list[Segment], batch_idx: int) -> torch.Tensor | None:
         optimizer = self.optimizers()
-        state = self._inner_state_for(segment.task)
         model = self.trainer.strategy.model
+        estimates = []
         with model.no_sync() if isinstance(model, DistributedDataParallel) else nullcontext():
-            estimate = self.estimator.estimate(self.meta_optimizer, state, segment.length, self.manual_backward)
-        finite = estimate is not None and all(
-            bool(torch.isfinite(p.grad).all()) for p in self.meta_optimizer.parameters() if p.grad is not None)
-        if not self._average_meta_gradient(finite):
-            return self._skip_nonfinite(optimizer, segment.task, estimate.state if finite else None)
+            for slot, segment in enumerate(segments):
+                state = self._inner_state_for(slot, segment.task)
+                estimator = self._estimator_for(slot, len(segments))
+                estimates.append(estimator.estimate(self.meta_optimizer, state, segment.length,
+                                                    lambda loss: self.manual_backward(loss / len(segments))))
+        grads_finite = all(bool(torch.isfinite(p.grad).all())
+                           for p in self.meta_optimizer.parameters() if p.grad is not None)
+        if not self._average_meta_gradient(grads_finite and all(e is not None for e in estimates)):
+            return self._skip_nonfinite(optimizer, [s.task for s in segments],
+                                        [e.state if grads_finite and e is not None else None for e in estimates])
         if self.hparams.gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
                                 gradient_clip_algorithm="norm")
@@ -130,25 +137,40 @@ class L2OModule(pl.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self._inner = estimate.state
+        self._inners = [e.state for e in estimates]
         self._consecutive_nonfinite = 0
-        self.log("train/meta_loss", estimate.meta_loss, prog_bar=True)
-        self.log("train/inner_loss", estimate.inner_losses.mean())
+        meta_loss = torch.stack([e.meta_loss for e in estimates]).mean()
+        self.log("train/meta_loss", meta_loss, prog_bar=True)
+        self.log("train/inner_loss", torch.stack([e.inner_losses.mean() for e in estimates]).mean())
         self.log("train/outer_lr", optimizer.param_groups[0]["lr"])
         self.log("train/nonfinite_segments", float(self.nonfinite_segments))
-        for key, value in estimate.info.items():
-            self.log(f"train/{key}", value)
-        return estimate.meta_loss
+        for key in estimates[0].info:
+            self.log(f"train/{key}", torch.stack([e.info[key] for e in estimates]).mean())
+        return meta_loss
 
-    def _inner_state_for(self, spec: TaskSpec) -> InnerState:
-        """Continue the current optimizee of ``spec`` (or the one restored from a checkpoint), else start one."""
+    def _inner_state_for(self, slot: int, spec: TaskSpec) -> InnerState:
+        """Continue the current optimizee of ``spec`` in meta-batch slot ``slot`` (or the one restored from a
+        checkpoint), else start one."""
         key = (spec.index, spec.seed)
-        restored, self._restored_inner = self._restored_inner, None
-        if restored is not None and (restored["spec"]["index"], restored["spec"]["seed"]) == key:
-            self._inner = InnerState.from_state_dict(restored, self.device)
-        if self._inner is None or (self._inner.task.spec.index, self._inner.task.spec.seed) != key:
-            self._inner = InnerState.start(spec, self.meta_optimizer, self.device)
-        return self._inner
+        self._inners += [None] * (slot + 1 - len(self._inners))
+        restored = self._restored_inners[slot] if slot < len(self._restored_inners) else None
+        if restored is not None:
+            self._restored_inners[slot] = None
+            if (restored["spec"]["index"], restored["spec"]["seed"]) == key:
+                self._inners[slot] = InnerState.from_state_dict(restored, self.device)
+        current = self._inners[slot]
+        if current is None or (current.task.spec.index, current.task.spec.seed) != key:
+            self._inners[slot] = InnerState.start(spec, self.meta_optimizer, self.device)
+        return self._inners[slot]
+
+    def _estimator_for(self, slot: int, meta_batch_size: int) -> GradientEstimator:
+        """The estimator of meta-batch slot ``slot`` (slot 0: :attr:`estimator`; the others are built from its
+        config), serving stream ``rank * meta_batch_size + slot`` (what its random draws are offset by)."""
+        while len(self._slot_estimators) <= slot:
+            self._slot_estimators.append(type(self.estimator)(**self.estimator.config))
+        estimator = self._slot_estimators[slot]
+        estimator.stream = self.global_rank * meta_batch_size + slot
+        return estimator
 
     def _average_meta_gradient(self, finite: bool) -> bool:
         """Whether every rank's segment was ``finite``; if so, average the meta-gradient across ranks.
@@ -169,9 +191,9 @@ class L2OModule(pl.LightningModule):
             p.grad = g.view_as(p)
         return True
 
-    def _skip_nonfinite(self, optimizer: Any, spec: TaskSpec, state: InnerState | None) -> None:
-        """Skip the outer update (agreed by all ranks); ``state``: this rank's finite state to carry on, else
-        ``None`` (this rank's segment was non-finite: its task restarts)."""
+    def _skip_nonfinite(self, optimizer: Any, specs: list[TaskSpec], states: list[InnerState | None]) -> None:
+        """Skip the outer update (agreed by all ranks); ``states``: each slot's finite state to carry on, or
+        ``None`` where that slot's segment was non-finite (its task restarts)."""
         optimizer.zero_grad()
         self.nonfinite_segments += 1
         self._consecutive_nonfinite += 1
@@ -179,19 +201,20 @@ class L2OModule(pl.LightningModule):
         if self._consecutive_nonfinite >= self.hparams.max_consecutive_nonfinite:
             raise RuntimeError(
                 f"{self._consecutive_nonfinite} segments in a row had a non-finite meta-loss or meta-gradient "
-                f"(last task {spec.name}); lower model.outer_lr or the meta-optimizer's lr, or set "
-                f"model.gradient_clip_val"
+                f"(last tasks {[spec.name for spec in specs]}); lower model.outer_lr or the meta-optimizer's lr, "
+                f"or set model.gradient_clip_val"
             )
-        self._inner = state if state is not None else InnerState.start(spec, self.meta_optimizer, self.device)
+        self._inners = [state if state is not None else InnerState.start(spec, self.meta_optimizer, self.device)
+                        for spec, state in zip(specs, states)]
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Called on every rank (``trainer.save_checkpoint`` is collective): gathers each rank's optimizee."""
-        inner = self._inner.state_dict() if self._inner is not None else None
+        inners = [inner.state_dict() if inner is not None else None for inner in self._inners]
         checkpoint[CHECKPOINT_KEY] = {
             "meta_optimizer": meta_optimizer_config(self.meta_optimizer),
-            "inner_states": self._gather_from_ranks(inner),
-            "estimator_states": self._gather_from_ranks(self.estimator.state_dict()),
+            "inner_states": self._gather_from_ranks(inners),
+            "estimator_states": self._gather_from_ranks([e.state_dict() for e in self._slot_estimators]),
             "nonfinite_segments": self.nonfinite_segments,
         }
 
@@ -211,10 +234,11 @@ class L2OModule(pl.LightningModule):
         check_compatible(saved["meta_optimizer"], self.meta_optimizer)
         states = saved["inner_states"] if "inner_states" in saved else [saved["inner_state"]]  # single-process format
         rank = self.global_rank if self._trainer is not None else 0
-        self._restored_inner = states[rank] if rank < len(states) else None  # a rank added on resume starts afresh
+        self._restored_inners = _slots(states[rank]) if rank < len(states) else []  # an added rank starts afresh
         estimator_states = saved.get("estimator_states", [])
-        if rank < len(estimator_states) and estimator_states[rank]:
-            self.estimator.load_state_dict(estimator_states[rank])
+        for slot, state in enumerate(_slots(estimator_states[rank]) if rank < len(estimator_states) else []):
+            if state:
+                self._estimator_for(slot, 1).load_state_dict(state)
         self.nonfinite_segments = saved["nonfinite_segments"]
 
     # ----------------------------------------------------------------------------------------- meta-test
@@ -276,3 +300,8 @@ class L2OModule(pl.LightningModule):
         if math.isfinite(accuracy):
             self.log(f"{prefix}/test_accuracy", accuracy)
 
+
+
+def _slots(saved: Any) -> list[Any]:
+    """A rank's saved per-slot list (a checkpoint from before meta-batches holds one slot's value bare)."""
+    return saved if isinstance(saved, list) else [saved]

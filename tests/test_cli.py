@@ -109,26 +109,29 @@ ESTIMATORS = {"truncated": TruncatedBackprop, "pes": lambda: PersistentES(num_pa
 
 
 def _fit(root: Path, max_steps: int, ckpt_path: str | None = None, crash_at: int | None = None,
-         estimator: str = "truncated") -> L2OModule:
+         estimator: str = "truncated", meta_batch_size: int = 1) -> L2OModule:
     pl.seed_everything(0, verbose=False)
     module = L2OModule(Opt2Vec(), ESTIMATORS[estimator](), outer_lr=1e-2, cosine_schedule=True)
     callbacks = [ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=4, save_top_k=0)]
     callbacks += [CrashAt(crash_at)] if crash_at is not None else []
     trainer = tiny_trainer(root, max_steps=max_steps, enable_checkpointing=True, callbacks=callbacks)
-    trainer.fit(module, tiny_datamodule(), ckpt_path=ckpt_path)
+    trainer.fit(module, tiny_datamodule(meta_batch_size=meta_batch_size), ckpt_path=ckpt_path)
     return module
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_fit_killed_mid_run_resumes_to_the_same_meta_parameters(tmp_path, estimator):
+@pytest.mark.parametrize("estimator, meta_batch_size", [("truncated", 1), ("pes", 1), ("pes", 3)])
+def test_fit_killed_mid_run_resumes_to_the_same_meta_parameters(tmp_path, estimator, meta_batch_size):
     """Horizon 25 / unroll 10 / epoch 5: last.ckpt (step 4) lies mid-epoch and mid-task (second segment of
     the second task), so the resume must restore the stream position and the carried inner state (with PES also
-    its particles, their accumulated perturbations and its random stream)."""
-    straight = _fit(tmp_path / "a", max_steps=12, estimator=estimator)
+    its particles, their accumulated perturbations and its random stream), of every meta-batch slot."""
+    kwargs = {"estimator": estimator, "meta_batch_size": meta_batch_size}
+    straight = _fit(tmp_path / "a", max_steps=12, **kwargs)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path / "b", max_steps=12, crash_at=7, estimator=estimator)
-    assert torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["global_step"] == 4
-    resumed = _fit(tmp_path / "b", max_steps=12, ckpt_path=str(tmp_path / "b" / "last.ckpt"), estimator=estimator)
+        _fit(tmp_path / "b", max_steps=12, crash_at=7, **kwargs)
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4
+    assert [len(states) for states in saved["lightning_l2o"]["inner_states"]] == [meta_batch_size]
+    resumed = _fit(tmp_path / "b", max_steps=12, ckpt_path=str(tmp_path / "b" / "last.ckpt"), **kwargs)
     for p, q in zip(straight.meta_optimizer.parameters(), resumed.meta_optimizer.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert not all(torch.equal(p, q) for p, q in zip(Opt2Vec().parameters(), resumed.meta_optimizer.parameters()))

@@ -1,6 +1,7 @@
 import copy
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer, Opt2Vec, PNAMetaOptimizer
@@ -8,6 +9,7 @@ from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import PersistentES, TruncatedBackprop
 from lightning_l2o.evaluation import meta_test
 from lightning_l2o.tasks import TaskSpec
+from lightning_l2o.unroll import InnerState
 from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
 
 
@@ -46,8 +48,42 @@ def test_non_finite_segment_is_skipped_counted_and_the_task_restarted(tmp_path):
     assert trainer.global_step == 4  # four successful outer updates; the poisoned segment was consumed without one
     assert all(torch.isfinite(p).all() for p in module.meta_optimizer.parameters())
     # Task horizon 60 = 6 segments; segment 1 was poisoned, so the restarted optimizee has trained segments 2-4.
-    assert module._inner.step == 30
+    assert module._inners[0].step == 30
     assert trainer.callback_metrics["train/nonfinite_segments"] == 1
+
+
+class GradientsAtFirstStep(pl.Callback):
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        if trainer.global_step == 0:
+            self.grads = [p.grad.clone() for p in module.meta_optimizer.parameters()]
+
+
+def test_a_meta_batch_averages_the_meta_gradients_of_its_slots(tmp_path):
+    datamodule = tiny_datamodule(meta_batch_size=3)
+    pl.seed_everything(0)
+    module = L2OModule(Opt2Vec())
+    rule = copy.deepcopy(module.meta_optimizer)
+    expected = [torch.zeros_like(p) for p in rule.parameters()]
+    segments = next(iter(datamodule.train_dataloader()))
+    for segment in segments:
+        rule.zero_grad()
+        TruncatedBackprop().estimate(rule, InnerState.start(segment.task, rule), segment.length,
+                                     lambda loss: loss.backward())
+        expected = [e + p.grad / len(segments) for e, p in zip(expected, rule.parameters())]
+    capture = GradientsAtFirstStep()
+    trainer = tiny_trainer(tmp_path, max_steps=2, callbacks=[capture], gradient_clip_val=None)
+    trainer.fit(L2OModule(copy.deepcopy(rule), gradient_clip_val=None), datamodule)
+    for got, want in zip(capture.grads, expected):
+        torch.testing.assert_close(got, want)
+    assert any(not torch.allclose(want, p.grad) for want, p in zip(expected, rule.parameters()))  # slots differ
+
+
+def test_a_non_finite_slot_skips_the_outer_update_and_restarts_only_its_task(tmp_path):
+    module = L2OModule(PoisonedOpt2Vec(poison_calls={15}))  # inside slot 1's first segment (10 steps a slot)
+    trainer = tiny_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, tiny_datamodule(train_tasks=[quadratic(60)], meta_batch_size=2))
+    assert module.nonfinite_segments == 1 and trainer.global_step == 2
+    assert [inner.step for inner in module._inners] == [30, 20]  # slot 0 carried on, slot 1 restarted
 
 
 def test_persistent_non_finite_losses_stop_with_a_clear_error(tmp_path):
@@ -99,5 +135,5 @@ def test_every_learned_rule_meta_trains_with_persistent_es(tmp_path, rule):
     regression = TaskSpec("regression", arch={"inputs": 4}, batch_size=16, horizon=20)
     tiny_trainer(tmp_path, max_steps=3).fit(module, tiny_datamodule(train_tasks=[regression]))
     assert module.hparams.estimator["class_path"] == "lightning_l2o.estimators.persistent_es.PersistentES"
-    assert module.nonfinite_segments == 0 and module._inner.step == 10  # second segment of the second task
+    assert module.nonfinite_segments == 0 and module._inners[0].step == 10  # second segment of the second task
     assert not all(torch.equal(p, q) for p, q in zip(start, module.meta_optimizer.parameters()))

@@ -35,11 +35,11 @@ class Faults(pl.Callback):
 
     poisoned = False
 
-    def on_train_batch_start(self, trainer, module, segment, batch_idx):
+    def on_train_batch_start(self, trainer, module, segments, batch_idx):
         if trainer.global_step == poison_at and trainer.global_rank == 1 and not self.poisoned:
             self.poisoned = True
-            state = InnerState.start(segment.task, module.meta_optimizer)
-            module._inner = replace(state, params=torch.full_like(state.params, float("nan")))
+            state = InnerState.start(segments[0].task, module.meta_optimizer)
+            module._inners = [replace(state, params=torch.full_like(state.params, float("nan")))]
         if trainer.global_step == kill_at and trainer.global_rank == 0:
             os.killpg(0, signal.SIGKILL)
 
@@ -91,7 +91,7 @@ def test_a_ddp_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path):
     checkpoint = torch.load(killed / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 6
     states = checkpoint["lightning_l2o"]["inner_states"]
-    assert len(states) == 2 and states[0]["spec"]["seed"] != states[1]["spec"]["seed"]  # each rank's own optimizee
+    assert len(states) == 2 and states[0][0]["spec"]["seed"] != states[1][0]["spec"]["seed"]  # each rank's own optimizee
     _ddp_fit(tmp_path, killed, max_steps=12, ckpt_path=killed / "last.ckpt")
     for rank in (0, 1):
         for p, q in zip(_params(straight, 0), _params(killed, rank)):

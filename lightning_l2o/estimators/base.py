@@ -38,11 +38,14 @@ class GradientEstimator(ABC):
 
     Subclasses pass their constructor arguments to ``super().__init__(**config)`` (stored in the run's
     hyperparameters). An estimator that carries something from segment to segment (persistent particles, random
-    streams) returns it from :meth:`state_dict`, which checkpoints hold per rank for an exact resume.
+    streams) returns it from :meth:`state_dict`, which checkpoints hold per rank and meta-batch slot for an exact
+    resume. One estimator serves one stream of optimizees: :attr:`stream` (``rank * meta_batch_size + slot``, set
+    by ``L2OModule``) offsets the seeds of its random draws.
     """
 
     def __init__(self, **config: Any) -> None:
         self.config = config
+        self.stream = 0
 
     def state_dict(self) -> dict[str, Any]:
         """What the estimator carries between segments: plain types and tensors only."""

@@ -37,7 +37,7 @@ class PersistentES(GradientEstimator):
         lookahead_batch: for ``lookahead``, a ``fresh`` batch or the ``same`` batch.
         log_meta_loss: average log losses.
         normalise_loss: divide losses by the optimizee's loss at initialisation (task mixtures).
-        seed: seed of the perturbations (offset by the process rank under DDP).
+        seed: seed of the perturbations (offset by the optimizee stream: the rank and meta-batch slot).
     """
 
     def __init__(self, num_pairs: int = 8, sigma: float = 0.01, meta_loss: MetaLoss = "train",
@@ -96,8 +96,7 @@ class PersistentES(GradientEstimator):
 
     def _perturbation_generator(self) -> torch.Generator:
         if self._generator is None:
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            self._generator = torch.Generator().manual_seed(self.seed + rank)
+            self._generator = torch.Generator().manual_seed(self.seed + self.stream)
         return self._generator
 
     def state_dict(self) -> dict[str, Any]:

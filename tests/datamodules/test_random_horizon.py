@@ -43,7 +43,7 @@ def test_bounds_round_inwards_and_never_reach_zero():
 
 def test_datamodule_passes_the_random_horizon_to_its_stream():
     dm = tiny_datamodule(unroll_length=None, random_horizon_after=0, random_horizon_min=0.5, random_horizon_max=1.5)
-    lengths = [s.length for s in itertools.islice(iter(dm.train_dataloader().dataset), 5)]
+    lengths = [s.length for (s,) in itertools.islice(iter(dm.train_dataloader().dataset), 5)]
     assert all(12 <= n <= 37 for n in lengths) and len(set(lengths)) > 1
 
 

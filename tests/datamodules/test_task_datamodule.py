@@ -1,13 +1,13 @@
 import pytest
 
-from datamodules.task_stream import segment_stream, task_stream
+from datamodules.task_stream import SegmentDataset, segment_stream, task_stream
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.tasks import Segment, TaskSpec
 from tests.conftest import quadratic, tiny_datamodule
 
 
 def _ids(loader):
-    return [(s.index, s.task.seed, s.start, s.length) for s in loader]
+    return [(s.index, s.task.seed, s.start, s.length) for (s,) in loader]
 
 
 def test_stream_is_reproducible_from_the_seed_and_differs_between_ranks_and_seeds():
@@ -18,6 +18,19 @@ def test_stream_is_reproducible_from_the_seed_and_differs_between_ranks_and_seed
     rank0 = [t.seed for t, _ in zip(task_stream(templates, seed=7, rank=0), range(20))]
     rank1 = [t.seed for t, _ in zip(task_stream(templates, seed=7, rank=1), range(20))]
     assert not set(rank0) & set(rank1)
+
+
+def test_a_meta_batch_takes_one_segment_from_each_of_its_own_streams():
+    single = [batch for batch in tiny_datamodule().train_dataloader()]
+    batches = [batch for batch in tiny_datamodule(meta_batch_size=3).train_dataloader()]
+    assert len(batches) == 5 and all(len(batch) == 3 for batch in batches)
+    assert [b[0] for b in batches] == [b[0] for b in single]  # slot 0 is the single-stream run
+    assert all(len({s.index for s in batch}) == 1 for batch in batches)  # the slots advance together
+    assert len({s.task.seed for s in batches[0]}) == 3  # three different optimizees
+    # Slot 1 of rank 0 with two slots is stream 1, which a single-slot rank 1 also reads (horizon 20: 2 segments).
+    rank1 = [t.seed for t, _ in zip(task_stream([quadratic()], seed=0, rank=1), range(2))]
+    slots = SegmentDataset([quadratic()], 0, 0, frozenset(), 10, 3, lambda: 0, meta_batch_size=2)
+    assert [batch[1].task.seed for batch in slots] == [rank1[0], rank1[0], rank1[1]]
 
 
 def test_segments_cut_each_horizon_into_unrolls():
@@ -36,7 +49,7 @@ def test_stream_continues_after_a_resume_instead_of_restarting():
     full = _ids(datamodule.train_dataloader())
     # The datamodule records consumed training segments (not prefetched ones).
     datamodule.trainer = type("T", (), {"training": True})()
-    datamodule.on_before_batch_transfer(Segment(2, quadratic(), 0, 10), 0)
+    datamodule.on_before_batch_transfer([Segment(2, quadratic(), 0, 10)], 0)
     state = datamodule.state_dict()
     resumed = tiny_datamodule()
     resumed.load_state_dict(state)
@@ -62,6 +75,7 @@ def test_held_out_tasks_use_their_own_seeds_and_an_unseen_architecture():
         ({"test_seeds": [201]}, "val_seeds and test_seeds must be disjoint"),
         ({"test_tasks": [TaskSpec("regression")]}, "has no val_tasks entry"),
         ({"unroll_length": 0}, "unroll_length"),
+        ({"meta_batch_size": 0}, "data.meta_batch_size"),
     ],
 )
 def test_bad_configuration_is_reported_with_its_key(kwargs, message):

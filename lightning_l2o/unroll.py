@@ -144,7 +144,7 @@ def unroll(
     for i in range(num_steps):
         state, loss, batch, info = inner_step(update_rule, state, update_rule.lr, create_graph, differentiable)
         if normalise_loss and state.initial_loss is None:
-            state = replace(state, initial_loss=max(float(loss), 1e-12))
+            state = replace(state, initial_loss=max(float(loss.detach()), 1e-12))
         inner_losses.append(loss.detach())
         infos.append(info)
         if meta_loss == "train" and i > 0:

@@ -9,6 +9,7 @@ variable ``L2O_DATA_DIR``, else ``./data``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,17 +59,26 @@ _DEVICE_COPIES: dict[tuple[int, str], ImageDataset] = {}
 
 
 def _load_digits(data_dir: Path, download: bool) -> ImageDataset:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
+    rows = np.loadtxt(_digits_file(), delimiter=",", dtype=np.float32)  # 64 pixels in 0..16, then the label
+    x = torch.from_numpy(rows[:, :-1]).view(-1, 1, 8, 8) / 16.0
+    y = torch.from_numpy(rows[:, -1]).long()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_train = int(0.8 * len(y))
     train, test = order[:n_train], order[n_train:]
     mean, std = x[train].mean(), x[train].std()
     x = (x - mean) / std
     return ImageDataset(x[train], y[train], x[test], y[test], num_classes=10)
+
+
+def _digits_file() -> Path:
+    """scikit-learn's bundled copy of the digits, found without importing scikit-learn (which loads scipy: ~30 MiB
+    of the meta-training's memory)."""
+    spec = importlib.util.find_spec("sklearn")
+    path = None if spec is None else Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if path is None or not path.is_file():
+        raise ConfigError("dataset 'digits' is read from scikit-learn's bundled digits.csv.gz, which was not found; "
+                          "pip install scikit-learn (see requirements.txt)")
+    return path
 
 
 def _normalised(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

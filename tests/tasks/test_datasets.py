@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -46,3 +49,17 @@ def test_missing_files_name_the_folder_and_the_download_option(tmp_path, name, f
 def test_task_spec_data_dir_reaches_the_loader(tmp_path):
     with pytest.raises(ConfigError, match="data_dir"):
         build_task(TaskSpec(preset="17", data_dir=str(tmp_path)))
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    code = ("import sys; from lightning_l2o.tasks.datasets import load_dataset; d = load_dataset('digits'); "
+            "print(len(d.y_train) + len(d.y_test), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1797", "False"]
+    from sklearn.datasets import load_digits
+
+    digits, data = load_digits(), load_dataset("digits")
+    train = torch.randperm(1797, generator=torch.Generator().manual_seed(0))[:1437]  # the loader's split
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1)[train] / 16.0
+    torch.testing.assert_close(data.x_train, (x - x.mean()) / x.std())
+    assert torch.equal(data.y_train, torch.tensor(digits.target)[train])

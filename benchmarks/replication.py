@@ -6,8 +6,10 @@
 
 ``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm,pna}.yaml`` with the reference schedule
 (100 inner steps per outer step, one-step lookahead on the same batch, Adam 3e-4 with weight decay 1e-4,
-cosine decay over ``--outer-steps``) and no validation; a killed run resumes with ``--resume``. ``report``
-runs :mod:`lightning_l2o.report` on the methods' ``last.ckpt``: baselines' lrs tuned on task 17's
+cosine decay over ``--outer-steps``), with no validation or, with ``--val-every N``, validation on the config's
+validation tasks (task 17, seeds 201-203, 1000 steps) every N outer steps keeping the best checkpoint; a killed run
+resumes with ``--resume``. ``report`` runs :mod:`lightning_l2o.report` on each run's checkpoint chosen on
+validation (its ``last.ckpt`` where it did not validate): baselines' lrs tuned on task 17's
 validation seeds, then task 17 and the FashionMNIST width-8 and depth-1 presets (the wider and deeper ones cost
 minutes per run on a CPU: add them with ``--presets``). Datasets are read from ``$L2O_DATA_DIR``
 (default ``../shared/data``). Results go to ``benchmarks/results/replication/``.
@@ -24,7 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "replication"
-METHODS = ("ff", "lstm", "pna")
+METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture (PES on a task mixture) runs when named
+CONFIGS = (*METHODS, "ff_mixture")
 TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
 
 
@@ -39,11 +42,23 @@ def last_checkpoint(method: str, run: str) -> Path:
     return OUT / method / run / "checkpoints" / "last.ckpt"
 
 
-def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int) -> None:
+def chosen_checkpoint(method: str, run: str) -> Path:
+    """The checkpoint of run ``run`` that was best on the validation tasks (the config's ``val/loss`` checkpoint,
+    the one file beside ``last.ckpt``) where the run validated (``fit --val-every``), else its ``last.ckpt``."""
+    last = last_checkpoint(method, run)
+    best = [path for path in last.parent.glob("*.ckpt") if path.name != last.name]
+    if len(best) > 1:
+        raise SystemExit(f"{last.parent} holds several checkpoints besides last.ckpt: {best}; keep the val/loss one")
+    return best[0] if best else last
+
+
+def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int, val_every: int) -> None:
+    validation = (["--trainer.limit_val_batches=0"] if val_every == 0 else
+                  [f"--trainer.val_check_interval={val_every}", "--model.init_args.baselines=[]"])
     procs = {}
     for method in methods:
         cmd = [sys.executable, "-m", "lightning_l2o", "fit", f"--config={REPO / 'configs' / f'{method}.yaml'}",
-               f"--trainer.max_steps={outer_steps}", "--trainer.limit_val_batches=0",
+               f"--trainer.max_steps={outer_steps}", *validation,
                "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={OUT}",
                f"--trainer.logger.init_args.version={run}", f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
         if resume and last_checkpoint(method, run).is_file():
@@ -71,8 +86,8 @@ def report(
 
 
 def _checkpoints(methods: list[str], runs: list[str]) -> dict[str, str | list[str]]:
-    """Each method's ``last.ckpt`` of every run in ``runs`` that it has (several: one per meta-training seed)."""
-    found = {m: [str(last_checkpoint(m, run)) for run in runs if last_checkpoint(m, run).is_file()] for m in methods}
+    """Each method's chosen checkpoint of every run in ``runs`` that it has (several: one per meta-training seed)."""
+    found = {m: [str(chosen_checkpoint(m, run)) for run in runs if last_checkpoint(m, run).is_file()] for m in methods}
     missing = [m for m, paths in found.items() if not paths]
     if missing:
         raise SystemExit(f"no last.ckpt of {missing} in runs {runs}; run `fit` first (or name other --runs)")
@@ -86,16 +101,19 @@ def main() -> None:
     sub = parser.add_subparsers(dest="stage", required=True)
     fit_parser = sub.add_parser("fit")
     fit_parser.add_argument("--outer-steps", type=int, default=300)
-    fit_parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    fit_parser.add_argument("--methods", nargs="+", choices=CONFIGS, default=list(METHODS))
     fit_parser.add_argument("--resume", action="store_true", help="continue from each method's last.ckpt")
     fit_parser.add_argument("--seed", type=int, default=0,
                             help="meta-training seed: the rule's initialisation and the training task stream")
     fit_parser.add_argument("--run", default="0", help="run folder under benchmarks/results/replication/<method>")
+    fit_parser.add_argument("--val-every", type=int, default=0,
+                            help="validate every N outer steps on the config's validation tasks and keep the best "
+                                 "checkpoint, which `report` then uses (0: no validation, report uses last.ckpt)")
     report_parser = sub.add_parser("report")
     report_parser.add_argument("--runs", nargs="+", default=["0"],
                                help="run folders of each method (several: one per meta-training seed)")
     report_parser.add_argument("--steps", type=int, default=1000)
-    report_parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    report_parser.add_argument("--methods", nargs="+", choices=CONFIGS, default=list(METHODS))
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
     report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
@@ -104,7 +122,7 @@ def main() -> None:
     report_parser.add_argument("--baselines", nargs="+", default=["adam", "adamw", "sgd_momentum"])
     args = parser.parse_args()
     if args.stage == "fit":
-        fit(args.methods, args.outer_steps, args.resume, args.run, args.seed)
+        fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every)
     else:
         report(
             args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,

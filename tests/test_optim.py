@@ -17,6 +17,7 @@ from lightning_l2o import (
     load_learned_optimizer,
 )
 from lightning_l2o.errors import ConfigError
+from lightning_l2o.optim import _finite
 from lightning_l2o.params import ParamLayout, ParamSpace
 from tests.conftest import tiny_datamodule, tiny_trainer
 from tests.meta_optimizers.test_per_parameter import trained_looking
@@ -288,3 +289,14 @@ def test_load_learned_optimizer_runs_a_trained_network_in_bfloat16_within_a_few_
         load_learned_optimizer("pretrained:opt2vec_mixed", models[0], network_dtype="bfloat16")
     with pytest.raises(ConfigError, match="network_dtype must be one of float32, bfloat16, got 'half'"):
         load_learned_optimizer("pretrained:ff_fashion_mnist_task17", models[0], network_dtype="half")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_the_finiteness_guard_finds_one_bad_element_anywhere(bad):
+    for n in (1, 7, 64, 1000, 65_537):
+        for position in {0, n // 2, n - 1, max(n - 9, 0)}:
+            x = torch.randn(n)
+            assert _finite(x, torch.empty(0))
+            x[position] = bad
+            assert not _finite(torch.randn(3), x), (n, position)
+            assert not _finite(x.view(1, n).to(torch.bfloat16))

@@ -19,8 +19,9 @@ class TaskDataModule(pl.LightningDataModule):
     Training draws tasks from ``train_tasks`` templates with seeds derived from ``(seed, stream, task
     counter)``, never equal to a validation or test seed, and cuts each task's horizon into segments
     of ``unroll_length`` inner steps. Each outer step gets a meta-batch: one segment from each of
-    ``meta_batch_size`` independent streams per rank (their meta-gradients are averaged). The stream position is part of
-    the datamodule's ``state_dict``, so a resumed ``fit`` continues the stream where it stopped.
+    ``meta_batch_size`` independent streams per rank (their meta-gradients are averaged). The stream
+    position is part of the datamodule's ``state_dict``, so a resumed ``fit`` continues the stream where
+    it stopped.
     Validation and test tasks are the templates crossed with ``val_seeds`` / ``test_seeds``.
 
     Args:

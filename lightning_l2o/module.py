@@ -301,7 +301,6 @@ class L2OModule(pl.LightningModule):
             self.log(f"{prefix}/test_accuracy", accuracy)
 
 
-
 def _slots(saved: Any) -> list[Any]:
     """A rank's saved per-slot list (a checkpoint from before meta-batches holds one slot's value bare)."""
     return saved if isinstance(saved, list) else [saved]

@@ -22,7 +22,7 @@ from lightning_l2o.errors import ConfigError
 from lightning_l2o.pretrained import CARD_FIELDS, FORMAT, NOT_MEASURED, export_pretrained, main, pretrained_rule
 from lightning_l2o.report import main as report_main
 
-SHIPPED = ["ff_fashion_mnist_task17", "opt2vec_mixed"]
+SHIPPED = ["ff_fashion_mnist_task17", "lstm_fashion_mnist_task17", "opt2vec_mixed"]
 CARD = {"meta_trained_on": "tiny quadratics", "inner_steps_per_outer_step": 10, "meta_training_command": "pytest",
         "wall_clock": "1 s", "notes": "a test export"}
 

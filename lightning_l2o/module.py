@@ -121,7 +121,8 @@ class L2OModule(pl.LightningModule):
         with model.no_sync() if isinstance(model, DistributedDataParallel) else nullcontext():
             for slot, segment in enumerate(segments):
                 state = self._inner_state_for(slot, segment.task)
-                estimator = self._estimator_for(slot, len(segments))
+                estimator = self._estimator_for(slot)
+                estimator.stream = self.global_rank * len(segments) + slot  # what its random draws are offset by
                 estimates.append(estimator.estimate(self.meta_optimizer, state, segment.length,
                                                     lambda loss: self.manual_backward(loss / len(segments))))
         grads_finite = all(bool(torch.isfinite(p.grad).all())
@@ -163,14 +164,12 @@ class L2OModule(pl.LightningModule):
             self._inners[slot] = InnerState.start(spec, self.meta_optimizer, self.device)
         return self._inners[slot]
 
-    def _estimator_for(self, slot: int, meta_batch_size: int) -> GradientEstimator:
+    def _estimator_for(self, slot: int) -> GradientEstimator:
         """The estimator of meta-batch slot ``slot`` (slot 0: :attr:`estimator`; the others are built from its
-        config), serving stream ``rank * meta_batch_size + slot`` (what its random draws are offset by)."""
+        config)."""
         while len(self._slot_estimators) <= slot:
             self._slot_estimators.append(type(self.estimator)(**self.estimator.config))
-        estimator = self._slot_estimators[slot]
-        estimator.stream = self.global_rank * meta_batch_size + slot
-        return estimator
+        return self._slot_estimators[slot]
 
     def _average_meta_gradient(self, finite: bool) -> bool:
         """Whether every rank's segment was ``finite``; if so, average the meta-gradient across ranks.
@@ -238,7 +237,7 @@ class L2OModule(pl.LightningModule):
         estimator_states = saved.get("estimator_states", [])
         for slot, state in enumerate(_slots(estimator_states[rank]) if rank < len(estimator_states) else []):
             if state:
-                self._estimator_for(slot, 1).load_state_dict(state)
+                self._estimator_for(slot).load_state_dict(state)
         self.nonfinite_segments = saved["nonfinite_segments"]
 
     # ----------------------------------------------------------------------------------------- meta-test

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.task_stream import RandomHorizon, SegmentDataset
@@ -115,10 +116,19 @@ class TaskDataModule(pl.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_index": self.next_index, "seed": self.seed, "unroll_length": self.unroll_length}
+        return {"next_index": self.next_index, "seed": self.seed, "unroll_length": self.unroll_length,
+                "meta_batch_size": self.meta_batch_size}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_index = int(state_dict["next_index"])
+        saved = state_dict.get("meta_batch_size", 1)
+        if saved != self.meta_batch_size:
+            rank_zero_warn(
+                f"resuming with data.meta_batch_size={self.meta_batch_size} from a checkpoint written with "
+                f"{saved}: rank r's slot s reads stream r * meta_batch_size + s, so the slots now read other "
+                f"streams and their optimizees start afresh (the run continues, but not as it would have); "
+                f"set data.meta_batch_size: {saved} to continue exactly"
+            )
 
 
 class EveryRank(IterableDataset):

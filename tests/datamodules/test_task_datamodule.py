@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 
 from datamodules.task_stream import SegmentDataset, segment_stream, task_stream
@@ -57,6 +59,15 @@ def test_stream_continues_after_a_resume_instead_of_restarting():
     # The next epoch starts where the previous one ended.
     resumed.load_state_dict({**state, "next_index": 5})
     assert [s[0] for s in _ids(resumed.train_dataloader())] == [5, 6, 7, 8, 9]
+
+
+def test_resuming_with_another_meta_batch_size_warns_that_the_streams_change():
+    state = tiny_datamodule(meta_batch_size=2).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_datamodule(meta_batch_size=2).load_state_dict(state)  # the same size resumes silently
+    with pytest.warns(UserWarning, match=r"data.meta_batch_size=3 .* written with 2.*meta_batch_size: 2"):
+        tiny_datamodule(meta_batch_size=3).load_state_dict(state)
 
 
 def test_held_out_tasks_use_their_own_seeds_and_an_unseen_architecture():

@@ -67,9 +67,15 @@ def matmul_gflops(repeats: int) -> float:
     return 2 * MATMUL_SIZE**3 / best / 1e9
 
 
-def timed(run: Callable[[], object]) -> float:
+def timed(run: Callable[[], object], device: torch.device | None = None) -> float:
+    """Seconds that ``run()`` takes, the CUDA queue drained before and after on a CUDA ``device``."""
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     run()
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 

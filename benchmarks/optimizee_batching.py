@@ -20,8 +20,7 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from torch.func import vmap
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from deployed_step import timed
 from results_table import save_report
 
 from lightning_l2o.tasks import Task, TaskSpec, build_task
@@ -52,17 +52,6 @@ def optimizee_step(task: Task, params: Tensor, inputs: Tensor, targets: Tensor, 
     (grads,) = torch.autograd.grad(losses.sum(), params, create_graph=True)
     grads.square().sum().backward()
     return losses.detach()
-
-
-def timed(device: torch.device, fn: Callable[..., Tensor], *args: object) -> float:
-    """Seconds that ``fn(*args)`` takes on ``device``."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -91,7 +80,7 @@ def main() -> None:
             times: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(args.rounds):
                 for batched in (False, True):
-                    times[batched].append(timed(device, optimizee_step, task, params, inputs, targets, batched))
+                    times[batched].append(timed(partial(optimizee_step, task, params, inputs, targets, batched), device))
             loop_ms, vmap_ms = ([1e3 * t for t in times[b]] for b in (False, True))
             lines.append(f"| {label} | {size} | {min(loop_ms):.1f} / {statistics.median(loop_ms):.1f} | "
                          f"{min(vmap_ms):.1f} / {statistics.median(vmap_ms):.1f} | "

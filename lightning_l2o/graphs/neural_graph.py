@@ -18,6 +18,7 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
+from torch_geometric.index import index2ptr
 
 from lightning_l2o.errors import ConfigError
 
@@ -68,9 +69,29 @@ class NeuralGraph:
         return self.data.edge_index
 
     @cached_property
+    def bidirectional_order(self) -> Tensor:
+        """``(2E,)``: the forward edges, then each one reversed, as rows of ``[forward; reversed]`` sorted by
+        target node (stable), so that each node's incoming messages are contiguous."""
+        targets = torch.cat([self.edge_index[1], self.edge_index[0]])
+        return targets.argsort(stable=True)
+
+    @cached_property
     def bidirectional_edge_index(self) -> Tensor:
-        """``(2, 2E)``: the forward edges, then each one reversed (same order)."""
-        return torch.cat([self.edge_index, self.edge_index.flip(0)], dim=1)
+        """``(2, 2E)``: the forward edges and each one reversed, in :attr:`bidirectional_order`."""
+        return torch.cat([self.edge_index, self.edge_index.flip(0)], dim=1)[:, self.bidirectional_order]
+
+    @cached_property
+    def bidirectional_ptr(self) -> Tensor:
+        """``(N + 1,)``: CSR pointer of :attr:`bidirectional_edge_index`'s targets (node ``v`` receives messages
+        ``ptr[v]:ptr[v + 1]``)."""
+        return index2ptr(self.bidirectional_edge_index[1], self.num_nodes)
+
+    @cached_property
+    def forward_edge_rows(self) -> Tensor:
+        """``(E,)``: the row of each forward edge in :attr:`bidirectional_edge_index`."""
+        order = self.bidirectional_order
+        rows = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        return rows[: self.num_edges]
 
     @property
     def node_layer(self) -> Tensor:

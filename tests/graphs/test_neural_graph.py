@@ -28,6 +28,20 @@ def test_cnn_graph_counts_nodes_and_edges_per_layer():
     assert (graph.node_layer[dst] == graph.node_layer[src] + 1).all()
 
 
+def test_bidirectional_edges_are_sorted_by_target_with_their_pointer_and_forward_rows():
+    graph = NeuralGraph.from_module(small_cnn())
+    both, ptr = graph.bidirectional_edge_index, graph.bidirectional_ptr
+    assert both.shape == (2, 2 * graph.num_edges)
+    assert (both[1].diff() >= 0).all()
+    assert torch.equal(ptr.diff(), torch.bincount(both[1], minlength=graph.num_nodes))
+    assert torch.equal(both[:, graph.forward_edge_rows], graph.edge_index)
+    reverse_rows = torch.ones(both.shape[1], dtype=torch.bool)
+    reverse_rows[graph.forward_edge_rows] = False
+    assert sorted(map(tuple, both[:, reverse_rows].T.tolist())) == sorted(map(tuple, graph.edge_index.flip(0).T.tolist()))
+    forward_then_reverse = torch.cat([graph.edge_index, graph.edge_index.flip(0)], dim=1)
+    assert torch.equal(forward_then_reverse[:, graph.bidirectional_order], both)
+
+
 def test_every_kernel_element_and_bias_lands_in_its_slot():
     model = small_cnn()
     graph = NeuralGraph.from_module(model)

@@ -81,18 +81,18 @@ class PNANetwork(nn.Module):
                               f"reads {self.kernel_size}x{self.kernel_size}; build the graph with "
                               f"kernel_size={self.kernel_size}")
         edge_features, node_features = graph.to_graph(features)
-        edge_attr = torch.cat(self.edge_in(edge_features).chunk(2, dim=-1))
-        edge_index = graph.bidirectional_edge_index
+        edge_attr = torch.cat(self.edge_in(edge_features).chunk(2, dim=-1))[graph.bidirectional_order]
+        edge_index, target_ptr = graph.bidirectional_edge_index, graph.bidirectional_ptr
         x = self.node_in(node_features) + self.positions(graph)
         edge_projection: Linear | None = None  # the edge embeddings are edge_projection(edge_attr)
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
-            x = conv(x, edge_index, edge_attr, edge_projection)
+            x = conv(x, edge_index, edge_attr, edge_projection, target_ptr)
             if i < last:
                 x = self.act(self.norms[i](x))
                 edge_attr = self.edge_updates[i](x, edge_index, edge_attr, edge_projection)
                 edge_projection = self.edge_updates[i].lin_out
-        first = F.linear(edge_attr[: graph.num_edges], *compose(self.edge_out[0], edge_projection))
+        first = F.linear(edge_attr[graph.forward_edge_rows], *compose(self.edge_out[0], edge_projection))
         return self.edge_out[1:](first), self.node_out(x)
 
 

@@ -1,4 +1,5 @@
-"""The GNN layers: a projection of the edge embeddings folded into its consumers equals applying it first."""
+"""The GNN layers: a projection of the edge embeddings folded into its consumers equals applying it first; max / min
+by segment over target-sorted edges equal torch_geometric's scatter."""
 
 from __future__ import annotations
 
@@ -30,3 +31,33 @@ def test_conv_and_edge_update_fold_the_projection_of_their_edge_inputs():
     torch.testing.assert_close(conv(x, edge_index, hidden, update.lin_out), conv(x, edge_index, projected))
     torch.testing.assert_close(update(x, edge_index, hidden, update.lin_out), update(x, edge_index, projected))
     assert not torch.allclose(conv(x, edge_index, hidden), conv(x, edge_index, projected))
+
+
+def test_conv_on_target_sorted_edges_with_their_pointer_equals_scatter_in_value_and_gradient():
+    torch.manual_seed(0)
+    channels, num_nodes, num_edges = 8, 9, 40
+    edge_index = torch.randint(0, num_nodes, (2, num_edges))
+    edge_index[1, :num_nodes] = torch.arange(num_nodes)  # every node receives a message
+    order = edge_index[1].argsort(stable=True)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(edge_index[1], minlength=num_nodes).cumsum(0)])
+    conv = FiLMPNAConv(channels, ["mean", "min", "max", "std"], ["identity", "amplification"],
+                       degree_histogram([2, 3, 2]))
+    x, edge_attr = torch.randn(num_nodes, channels), torch.randn(num_edges, channels)
+
+    def value_and_gradients(sorted_by_target: bool) -> list[torch.Tensor]:
+        conv.zero_grad()
+        inputs = x.clone().requires_grad_(), edge_attr.clone().requires_grad_()
+        if sorted_by_target:
+            out = conv(inputs[0], edge_index[:, order], inputs[1][order], target_ptr=ptr)
+        else:
+            out = conv(inputs[0], edge_index, inputs[1])
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return [out.detach(), *(t.grad for t in inputs), *(p.grad.clone() for p in conv.parameters())]
+
+    for by_segment, by_scatter in zip(value_and_gradients(True), value_and_gradients(False), strict=True):
+        torch.testing.assert_close(by_segment, by_scatter)
+    moved = ptr.clone()
+    moved[1:-1] += 1  # segments one edge off: max / min must read the pointer, not the index
+    with torch.no_grad():
+        assert not torch.allclose(conv(x, edge_index[:, order], edge_attr[order], target_ptr=moved),
+                                  conv(x, edge_index[:, order], edge_attr[order], target_ptr=ptr))

@@ -12,6 +12,8 @@
 3. Deployed ``optimizer.step()`` on a 1.07M-parameter MLP (784-1024-256-10), against ``torch.optim.Adam``.
 4. FLOPs of the rule's forward and backward on task 17 (``torch.utils.flop_counter``), divided by its time:
    achieved GFLOP/s, beside this machine's fp32 matmul GFLOP/s (1024^3 ``mm``).
+5. One ``FiLMPNAConv`` layer's forward and backward on task 17's graph, its max / min aggregated by segment over
+   the target-sorted edges (as PNA runs it) against by torch_geometric's ``scatter`` (no ``target_ptr``).
 Writes ``benchmarks/results/pna_speed.md``.
 """
 
@@ -127,6 +129,24 @@ def rule_gflops(repeats: int) -> dict[str, tuple[float, list[float]]]:
     return results
 
 
+def conv_layer_times(repeats: int) -> dict[str, list[float]]:
+    """One message-passing layer (hid 64) on task 17's graph, forward + backward: by segment and by scatter."""
+    graph = InnerState.start(TaskSpec(preset="17"), RULES["ff"]()).task.space.require_graph("pna_speed")
+    conv = PNAMetaOptimizer().network.convs[0]
+    edge_index, ptr = graph.bidirectional_edge_index, graph.bidirectional_ptr
+    x, edge_attr = torch.randn(graph.num_nodes, 64), torch.randn(edge_index.shape[1], 64)
+    runs = {"max / min by segment": ptr, "max / min by scatter": None}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(repeats + 1):
+        for name, target_ptr in runs.items():
+            inputs = x.clone().requires_grad_(), edge_attr.clone().requires_grad_()
+            start = time.perf_counter()
+            conv(inputs[0], edge_index, inputs[1], target_ptr=target_ptr).sum().backward()
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def matmul_gflops(repeats: int = 10) -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
@@ -175,6 +195,9 @@ def main() -> None:
     for name, (gflop, t) in rule_gflops(args.repeats).items():
         rate = gflop / min(t)
         lines.append(f"| {name} | {gflop:.2f} | {_ms(t)} | {rate:.1f} | {100 * rate / peak:.0f} % |")
+    times = conv_layer_times(5 * args.repeats)
+    lines += ["", "| one FiLMPNAConv layer on task 17, forward + backward | ms |", "|---|---|"]
+    lines += [f"| {name} | {_ms(t)} |" for name, t in times.items()]
     save_report(lines, "pna_speed.md")
 
 

@@ -8,11 +8,16 @@ from typing import Any
 from torch import Tensor, nn
 
 from lightning_l2o.meta_optimizers.base import State
+from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, OUTPUTS, PerParameterOptimizer
 
 
 class PerParameterMLP(nn.Module):
-    """``(n, F)`` -> ``num_layers`` x (Linear(hidden) -> ReLU) -> Linear(2) -> ``(n, 2)``."""
+    """``(n, F)`` -> ``num_layers`` x (Linear(hidden) -> ReLU) -> Linear(2) -> ``(n, 2)``.
+
+    The layers run through :func:`~lightning_l2o.meta_optimizers.linear.linear` (oneDNN on the CPU, bias and ReLU
+    fused); ``net`` holds them as an ``nn.Sequential`` of ``Linear`` / ``ReLU`` (the checkpoint layout).
+    """
 
     def __init__(self, in_features: int, hidden_dim: int, num_layers: int, out_features: int = OUTPUTS) -> None:
         super().__init__()
@@ -33,19 +38,27 @@ class PerParameterMLP(nn.Module):
                 layer.reset_parameters()
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.net(features)
+        return self._layers(features, self.net[0::2])
 
     def project_shared(self, shared: Tensor) -> Tensor:
         """The first layer's weights on the leading ``D`` inputs, applied to ``R`` rows that many coordinates share
         (e.g. a GNN's edge embeddings): ``shared (R, D)`` -> ``(R, hidden)``, for :meth:`forward_projected`."""
-        return shared @ self.net[0].weight[:, :shared.shape[1]].T
+        return linear(shared, self.net[0].weight[:, :shared.shape[1]])
 
     def forward_projected(self, projected: Tensor, features: Tensor) -> Tensor:
         """``forward(cat([shared[index], features], 1))`` given ``projected = project_shared(shared)[index]``
         ``(c, hidden)`` and each coordinate's own ``features (c, F)``: ``(c, 2)``."""
         first = self.net[0]
         own_weight = first.weight[:, first.in_features - features.shape[1]:]
-        return self.net[1:](projected + nn.functional.linear(features, own_weight, first.bias))
+        hidden = projected + linear(features, own_weight, first.bias)
+        return self._layers(hidden.relu_(), self.net[2::2])
+
+    @staticmethod
+    def _layers(hidden: Tensor, layers: nn.Sequential) -> Tensor:
+        """``hidden`` through ``layers``, each but the last followed by a ReLU."""
+        for layer in layers[:-1]:
+            hidden = linear(hidden, layer.weight, layer.bias, relu=True)
+        return linear(hidden, layers[-1].weight, layers[-1].bias)
 
 
 class FFMetaOptimizer(PerParameterOptimizer):

@@ -14,6 +14,7 @@ from torch_geometric.nn.dense.linear import Linear
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.graphs import NeuralGraph
+from lightning_l2o.meta_optimizers.linear import linear
 
 
 def compose(layer: Linear, projection: Linear | None) -> tuple[Tensor, Tensor]:
@@ -93,7 +94,7 @@ class FiLMPNAConv(PNAConv):
         pre = self.pre_nns[0][0]
         weight_target, weight_source = pre.weight.split(self.F_in, dim=1)
         target, source = F.linear(x, weight_target, pre.bias), F.linear(x, weight_source)
-        film = F.linear(edge_attr, *compose(self.film, edge_projection))
+        film = linear(edge_attr, *compose(self.film, edge_projection))
         # propagate_type: (target: Tensor, source: Tensor, film: Tensor, target_ptr: Optional[Tensor])
         aggregated = self.propagate(edge_index, target=target, source=source, film=film, target_ptr=target_ptr)
         return self.lin(self.post_nns[0](torch.cat([x, aggregated], dim=-1)))
@@ -134,7 +135,7 @@ class EdgeUpdate(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_projection: Linear | None = None) -> Tensor:
         source, target = edge_index
-        hidden = F.linear(edge_attr, *compose(self.lin_edge, edge_projection))
+        hidden = linear(edge_attr, *compose(self.lin_edge, edge_projection))
         return F.silu(hidden + self.lin_source(x)[source] + self.lin_target(x)[target])
 
 

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
@@ -17,6 +16,7 @@ from lightning_l2o.meta_optimizers.base import State, check_positive
 from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures
 from lightning_l2o.meta_optimizers.ff import PerParameterMLP
 from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, LayerPositionEmbedding, compose
+from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, PerParameterOptimizer
 from lightning_l2o.params import ParamSpace
 
@@ -81,7 +81,8 @@ class PNANetwork(nn.Module):
                               f"reads {self.kernel_size}x{self.kernel_size}; build the graph with "
                               f"kernel_size={self.kernel_size}")
         edge_features, node_features = graph.to_graph(features)
-        edge_attr = torch.cat(self.edge_in(edge_features).chunk(2, dim=-1))[graph.bidirectional_order]
+        edge_in = linear(edge_features, self.edge_in.weight, self.edge_in.bias)
+        edge_attr = torch.cat(edge_in.chunk(2, dim=-1))[graph.bidirectional_order]
         edge_index, target_ptr = graph.bidirectional_edge_index, graph.bidirectional_ptr
         x = self.node_in(node_features) + self.positions(graph)
         edge_projection: Linear | None = None  # the edge embeddings are edge_projection(edge_attr)
@@ -92,7 +93,7 @@ class PNANetwork(nn.Module):
                 x = self.act(self.norms[i](x))
                 edge_attr = self.edge_updates[i](x, edge_index, edge_attr, edge_projection)
                 edge_projection = self.edge_updates[i].lin_out
-        first = F.linear(edge_attr[graph.forward_edge_rows], *compose(self.edge_out[0], edge_projection))
+        first = linear(edge_attr[graph.forward_edge_rows], *compose(self.edge_out[0], edge_projection))
         return self.edge_out[1:](first), self.node_out(x)
 
 

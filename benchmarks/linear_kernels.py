@@ -7,7 +7,8 @@
    the better of the two as "the machine's matmul throughput" (:func:`matmul_gflops`).
 2. The products of a per-parameter network on task 17's 14,378 coordinates at hidden width 64: a hidden layer's
    forward (``addmm`` then in-place ReLU, against oneDNN with bias and ReLU fused) and the backward's input
-   gradient ``(n, 64) @ (64, 64)`` and weight gradient ``(64, n) @ (n, 64)``.
+   gradient ``(n, 64) @ (64, 64)`` and weight gradient ``(64, n) @ (n, 64)`` (by ``torch.mm`` in the rules: oneDNN
+   is slower on this transposed product here).
 3. PNA's per-parameter read-out (8 hidden layers of 64 on 14,378 coordinates), forward and backward, with the
    layers through oneDNN and through ``F.linear``.
 Rounds are interleaved; min / median in ms. Writes ``benchmarks/results/linear_kernels.md``.

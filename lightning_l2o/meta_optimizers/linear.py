@@ -5,8 +5,8 @@ The per-parameter networks and the GNN's edge products are tall, narrow products
 about half the rate of oneDNN's JIT-compiled kernels on such products (``benchmarks/linear_kernels.py``), and
 ``addmm`` writes its bias broadcast and the ReLU makes another pass over each activation. :func:`linear` runs
 the product through oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses for
-frozen CPU linears), with the bias and an optional ReLU fused into it, forward and backward; everywhere else
-(CUDA, other dtypes, under autocast, or a PyTorch without oneDNN) it is ``F.linear`` (+ ``relu``).
+frozen CPU linears) with the bias and an optional ReLU fused into it, forward and for the input's gradient;
+everywhere else (CUDA, other dtypes, under autocast, or a PyTorch without oneDNN) it is ``F.linear`` (+ ``relu``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tenso
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """``relu?(x @ weight.T + bias)`` with oneDNN products forward and backward; a backward that builds a graph
-    (``create_graph=True``) runs differentiable ``aten`` products instead, so higher derivatives stay exact."""
+    """``relu?(x @ weight.T + bias)`` with oneDNN's product forward and for the input's gradient (the weight's
+    gradient, a ``(out, n) @ (n, in)`` product, is faster by ``torch.mm``); a backward that builds a graph
+    (``create_graph=True``) runs differentiable ``aten`` products only, so higher derivatives stay exact."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
@@ -41,12 +42,10 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight, out = ctx.saved_tensors  # type: ignore[attr-defined]
         grad = torch.ops.aten.threshold_backward(grad, out, 0) if out is not None else grad.contiguous()
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
-        if torch.is_grad_enabled():
-            grad_x = grad @ weight if needs[0] else None
-            grad_weight = grad.t() @ x if needs[1] else None
-        else:
-            grad_x = _onednn(grad, weight.t().contiguous(), None, False) if needs[0] else None
-            grad_weight = _onednn(grad.t(), x.t(), None, False) if needs[1] else None
+        grad_x = None
+        if needs[0]:
+            grad_x = grad @ weight if torch.is_grad_enabled() else _onednn(grad, weight.t().contiguous(), None, False)
+        grad_weight = grad.t() @ x if needs[1] else None  # torch.mm: faster than oneDNN for this transposed product
         grad_bias = grad.sum(0) if ctx.has_bias and needs[2] else None  # type: ignore[attr-defined]
         return grad_x, grad_weight, grad_bias, None
 

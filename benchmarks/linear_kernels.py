@@ -31,9 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from results_table import save_report
 
-from lightning_l2o.meta_optimizers import linear as linear_module
 from lightning_l2o.meta_optimizers.ff import PerParameterMLP
-from lightning_l2o.meta_optimizers.linear import linear
+from lightning_l2o.meta_optimizers.linear import ONEDNN_AVAILABLE, linear, onednn, uses_onednn
 
 MATMUL_SIZE = 2048
 COORDINATES, HIDDEN = 14378, 64
@@ -56,7 +55,7 @@ def matmul_gflops(repeats: int, size: int = MATMUL_SIZE) -> dict[str, float]:
     a, b = torch.randn(size, size), torch.randn(size, size)
     b_t = b.t().contiguous()
     runs: dict[str, Callable[[], object]] = {"torch.mm": lambda: a @ b}
-    if linear_module.uses_onednn(a):
+    if uses_onednn(a):
         runs["oneDNN"] = lambda: linear(a, b_t)
     return {name: 2 * size**3 / min(t) / 1e9 for name, t in interleaved(runs, repeats).items()}
 
@@ -85,18 +84,14 @@ def read_out(repeats: int) -> dict[str, list[float]]:
     owner = torch.randint(0, shared.shape[0], (COORDINATES,))
     features, grad = torch.randn(COORDINATES, 14), torch.randn(COORDINATES, 2)
 
-    def run(onednn: bool) -> None:
-        linear_module._ONEDNN = onednn
-        head.forward_projected(head.project_shared(shared)[owner], features).backward(grad)
+    def run(enabled: bool) -> None:
+        with onednn(enabled):
+            head.forward_projected(head.project_shared(shared)[owner], features).backward(grad)
 
-    available = linear_module._ONEDNN
-    try:
-        runs = {"layers through F.linear": lambda: run(False)}
-        if available:
-            runs["layers through oneDNN"] = lambda: run(True)
-        return interleaved(runs, repeats)
-    finally:
-        linear_module._ONEDNN = available
+    runs = {"layers through F.linear": lambda: run(False)}
+    if ONEDNN_AVAILABLE:
+        runs["layers through oneDNN"] = lambda: run(True)
+    return interleaved(runs, repeats)
 
 
 def main() -> None:

@@ -6,10 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_l2o.meta_optimizers import linear as linear_module
-from lightning_l2o.meta_optimizers.linear import linear, uses_onednn
+from lightning_l2o.meta_optimizers.linear import ONEDNN_AVAILABLE, linear, onednn, uses_onednn
 
-needs_onednn = pytest.mark.skipif(not linear_module._ONEDNN, reason="this PyTorch build has no oneDNN linear kernel")
+needs_onednn = pytest.mark.skipif(not ONEDNN_AVAILABLE, reason="this PyTorch build has no oneDNN linear kernel")
 
 
 def values_and_gradients(fn, x, weight, bias):
@@ -53,7 +52,7 @@ def test_second_derivatives_through_the_onednn_linear_equal_f_linears():
         torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.parametrize("case", ["float64", "bfloat16 autocast", "empty"])
+@pytest.mark.parametrize("case", ["float64", "bfloat16 autocast", "empty", "oneDNN switched off"])
 def test_f_linear_runs_where_onednn_does_not(case):
     torch.manual_seed(0)
     x, weight, bias = torch.randn(7, 4), torch.randn(3, 4), torch.randn(3)
@@ -61,7 +60,8 @@ def test_f_linear_runs_where_onednn_does_not(case):
         x, weight, bias = x.double(), weight.double(), bias.double()
     if case == "empty":
         x = x[:0]
-    with torch.autocast("cpu", torch.bfloat16, enabled=case == "bfloat16 autocast"):
+    with torch.autocast("cpu", torch.bfloat16, enabled=case == "bfloat16 autocast"), \
+            onednn(case != "oneDNN switched off"):
         assert not uses_onednn(x)
         out = linear(x, weight, bias, relu=True)
         torch.testing.assert_close(out, F.relu(F.linear(x, weight, bias)))

@@ -30,15 +30,17 @@ def compose(layer: Linear, projection: Linear | None) -> tuple[Tensor, Tensor]:
 
 class _SortedSegments:
     """Reduces each node's messages as one contiguous segment (``segment``) when given the CSR pointer ``ptr``
-    of target-sorted edges, else by ``index`` as usual.
+    of target-sorted edges and a gradient is to flow, else by ``index`` as usual.
 
     On the CPU, torch_geometric's ``scatter`` computes max / min with ``scatter_reduce``, whose backward costs
-    ~5x the segment reduction's (it also differentiates the zero tensor it scatters into).
+    ~5x the segment reduction's (it also differentiates the zero tensor it scatters into); its forward is the
+    faster one, so a reduction without gradient (a deployed step) keeps it.
     """
 
     def forward(self, x: Tensor, index: Tensor | None = None, ptr: Tensor | None = None,
                 dim_size: int | None = None, dim: int = -2) -> Tensor:
-        return super().forward(x, None if ptr is not None else index, ptr, dim_size, dim)  # type: ignore[misc]
+        by_segment = ptr is not None and x.requires_grad and torch.is_grad_enabled()
+        return super().forward(x, None if by_segment else index, ptr, dim_size, dim)  # type: ignore[misc]
 
 
 class SortedMaxAggregation(_SortedSegments, MaxAggregation):

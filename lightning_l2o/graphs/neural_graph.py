@@ -89,9 +89,7 @@ class NeuralGraph:
     @cached_property
     def forward_edge_rows(self) -> Tensor:
         """``(E,)``: the row of each forward edge in :attr:`bidirectional_edge_index`."""
-        order = self.bidirectional_order
-        rows = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        return rows[: self.num_edges]
+        return self.bidirectional_order.argsort()[: self.num_edges]  # the inverse permutation's first E rows
 
     @property
     def node_layer(self) -> Tensor:

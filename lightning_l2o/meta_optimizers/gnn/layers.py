@@ -44,11 +44,11 @@ class _SortedSegments:
 
 
 class SortedMaxAggregation(_SortedSegments, MaxAggregation):
-    """``MaxAggregation`` that reduces target-sorted edges by segment when given their ``ptr``."""
+    """``MaxAggregation`` that reduces target-sorted edges by segment when given their ``ptr`` (with gradient)."""
 
 
 class SortedMinAggregation(_SortedSegments, MinAggregation):
-    """``MinAggregation`` that reduces target-sorted edges by segment when given their ``ptr``."""
+    """``MinAggregation`` that reduces target-sorted edges by segment when given their ``ptr`` (with gradient)."""
 
 
 SORTED_AGGREGATIONS: dict[str, type[Aggregation]] = {"max": SortedMaxAggregation, "min": SortedMinAggregation}
@@ -63,7 +63,8 @@ class FiLMPNAConv(PNAConv):
     and gathered per edge (it is linear), so only the FiLM projection runs per edge. Edge embeddings may come
     as ``edge_projection(edge_attr)`` (an :class:`EdgeUpdate`'s output); the projection is then folded into the
     FiLM layer (:func:`compose`). Given ``target_ptr``, the CSR pointer of target-sorted edges, max and min
-    aggregate by segment (:class:`SortedMaxAggregation`); mean and std stay fused by ``index``.
+    aggregate by segment wherever a gradient flows (:class:`SortedMaxAggregation`); mean and std stay fused by
+    ``index``.
 
     Args:
         channels: node and edge embedding size ``C``.

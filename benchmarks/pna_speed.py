@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from linear_kernels import matmul_gflops
+from linear_kernels import interleaved, matmul_gflops
 from results_table import save_report
 
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer
@@ -145,16 +145,11 @@ def conv_layer_times(repeats: int) -> dict[str, list[float]]:
     conv = PNAMetaOptimizer().network.convs[0]
     edge_index, ptr = graph.bidirectional_edge_index, graph.bidirectional_ptr
     x, edge_attr = torch.randn(graph.num_nodes, 64), torch.randn(edge_index.shape[1], 64)
-    runs = {"max / min by segment": ptr, "max / min by scatter": None}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(repeats + 1):
-        for name, target_ptr in runs.items():
-            inputs = x.clone().requires_grad_(), edge_attr.clone().requires_grad_()
-            start = time.perf_counter()
-            conv(inputs[0], edge_index, inputs[1], target_ptr=target_ptr).sum().backward()
-            if i:
-                times[name].append(time.perf_counter() - start)
-    return times
+    def run(target_ptr: torch.Tensor | None) -> None:
+        conv(x.clone().requires_grad_(), edge_index, edge_attr.clone().requires_grad_(),
+             target_ptr=target_ptr).sum().backward()
+
+    return interleaved({"max / min by segment": lambda: run(ptr), "max / min by scatter": lambda: run(None)}, repeats)
 
 
 def _ms(values: list[float]) -> str:

@@ -55,13 +55,14 @@ ChunkFeatures = Callable[[slice], Tensor]
 def log_sign(x: Tensor, p: float = LOG_SIGN_P) -> Tensor:
     """Andrychowicz et al.'s preprocessing, ``(...,) -> (..., 2)``.
 
-    ``(log|x| / p, sign x)`` where ``|x| >= exp(-p)``, else ``(-1, exp(p) x)``.
+    ``(log|x| / p, sign x)`` where ``|x| >= exp(-p)``, else ``(-1, exp(p) x)``: computed as
+    ``(log max(|x|, exp(-p)) / p, clamp(exp(p) x, -1, 1))``, the same values and gradients in fewer passes. The
+    pairs are interleaved by ``torch.complex``, PyTorch's fastest interleave on the CPU (``stack`` along the last
+    dimension takes ~7x longer on a chunk of the deployed step; ``benchmarks/deployed_step.py``).
     """
-    magnitude = x.abs()
-    big = magnitude >= math.exp(-p)
-    log_part = torch.where(big, magnitude.clamp_min(math.exp(-p)).log() / p, -1.0)
-    sign_part = torch.where(big, torch.sign(x), math.exp(p) * x)
-    return torch.stack([log_part, sign_part], dim=-1)
+    log_part = x.abs().clamp_min(math.exp(-p)).log().div(p)
+    sign_part = x.mul(math.exp(p)).clamp(-1.0, 1.0)
+    return torch.view_as_real(torch.complex(log_part, sign_part))
 
 
 def per_tensor_scale(x: Tensor, space: ParamSpace) -> Tensor:
@@ -118,7 +119,7 @@ class KofinasFeatures(FeatureSet):
 
     def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
         betas = torch.tensor(KOFINAS_BETAS, dtype=params.dtype, device=params.device)
-        momenta = betas * state["momenta"] + grads[:, None]
+        momenta = (betas * state["momenta"]).add_(grads[:, None])  # in place: one (n, 5) temporary fewer
 
         def features(rows: slice) -> Tensor:
             quantities = torch.cat([params[rows, None], grads[rows, None], momenta[rows]], dim=1)

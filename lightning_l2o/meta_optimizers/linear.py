@@ -80,6 +80,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = F
         - output: ``(n, out)``
     """
     if uses_onednn(x) and weight.dtype == torch.float32:
-        return _OneDNNLinear.apply(x, weight, bias, relu)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            return _OneDNNLinear.apply(x, weight, bias, relu)
+        return _onednn(x.contiguous(), weight.contiguous(), bias, relu)  # no graph to record: no autograd.Function
     out = F.linear(x, weight, bias)
     return F.relu(out) if relu else out

@@ -45,6 +45,14 @@ def test_log_sign_preprocessing_by_hand():
     torch.testing.assert_close(log_sign(x), expected)
 
 
+def test_log_sign_gradients_by_hand():
+    x = torch.tensor([2.0, -4.0, 1e-6, -1e-6], requires_grad=True)
+    log_grad, = torch.autograd.grad(log_sign(x)[:, 0].sum(), x)
+    sign_grad, = torch.autograd.grad(log_sign(x)[:, 1].sum(), x)
+    torch.testing.assert_close(log_grad, torch.tensor([1 / 20, -1 / 40, 0.0, 0.0]))  # d log|x| / p = 1 / (p x) above e^-p
+    torch.testing.assert_close(sign_grad, torch.tensor([0.0, 0.0, math.exp(10), math.exp(10)]))
+
+
 def test_log_sign_has_finite_gradients_at_zero():
     x = torch.tensor([0.0, 1e-8, 2.0], requires_grad=True)
     log_sign(x).sum().backward()

@@ -38,6 +38,18 @@ def test_onednn_linear_equals_f_linear_in_value_and_gradients(relu, with_bias):
 
 
 @needs_onednn
+@pytest.mark.parametrize("case", ["no_grad", "no input requires grad", "only the bias requires grad"])
+def test_onednn_linear_records_a_graph_only_where_a_gradient_flows(case):
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(50, 6), torch.randn(5, 9)[:, 2:8], torch.randn(5)
+    bias.requires_grad_(case == "only the bias requires grad")
+    with torch.set_grad_enabled(case != "no_grad"):
+        out = linear(x, weight, bias, relu=True)
+    assert (out.grad_fn is not None) == (case == "only the bias requires grad")
+    torch.testing.assert_close(out, F.relu(F.linear(x, weight, bias)))
+
+
+@needs_onednn
 def test_second_derivatives_through_the_onednn_linear_equal_f_linears():
     torch.manual_seed(0)
     x, weight, bias = torch.randn(6, 3), torch.randn(4, 3), torch.randn(4)

@@ -14,6 +14,7 @@ the output layer's initial weights so that an untrained random draw takes small 
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -170,13 +171,14 @@ class PerParameterOptimizer(MetaOptimizer):
         network_state = {key: torch.cat([chunk[key] for chunk in network_states], dim)
                          for key, dim in self.network_state_dims.items()}
         if self.adam is None:
-            return params + delta, {**feature_state, **network_state}, {"update_rms": _rms(delta)}
+            info: Info = {"update_rms": _rms(delta)}
+            return delta.add_(params), {**feature_state, **network_state}, info  # params + delta in delta's memory
         adam_state = {key[len(ADAM_STATE_PREFIX):]: value for key, value in state.items()
                       if key.startswith(ADAM_STATE_PREFIX)}
         adam_lr = self.adam.lr * (lr / self.lr)
         stepped, adam_state, _ = self.adam(params.detach(), grads.detach(), loss, adam_state, space, adam_lr)
         stepped = stepped + (params - params.detach())  # the same values, and d stepped / d params = 1
-        info: Info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta)}
+        info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta)}
         return stepped + delta, {**feature_state, **network_state, **_prefixed(adam_state)}, info
 
     def _chunks(self, n: int) -> Iterator[slice]:
@@ -198,4 +200,4 @@ def _prefixed(adam_state: State) -> State:
 
 
 def _rms(x: Tensor) -> Tensor:
-    return x.detach().square().mean().sqrt()
+    return torch.linalg.vector_norm(x.detach()) / math.sqrt(x.numel())  # one pass, no (n,) temporary

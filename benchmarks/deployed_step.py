@@ -16,6 +16,9 @@ On one intra-op thread (``torch.set_num_threads(1)``):
    network, update and the deploy wrapper's finiteness guard).
 4. Each variant's update against the same rule in chunks of the default size, from the same parameters, gradient
    and state: the largest absolute difference (0: bit-identical) and the relative difference ``|d - d_ref| / |d_ref|``.
+5. Where the shipped FF's step goes: its stages timed separately over all chunks, interleaved with the whole rule
+   call (``rule(...)`` without the deploy wrapper): the feature state (momenta), the chunks' features, each dense
+   layer (with its GFLOP/s), and the rest (the update ``theta + lr a exp(s b)``, concatenation, Python).
 
 Appends its table to ``benchmarks/results/deployed_step.md``.
 """
@@ -40,11 +43,12 @@ from torch.optim import Optimizer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from linear_kernels import MATMUL_SIZE, matmul_gflops
+from linear_kernels import MATMUL_SIZE, interleaved, matmul_gflops
 from results_table import save_report
 
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, LSTMMetaOptimizer, Opt2Vec
 from lightning_l2o.checkpoints import load_meta_optimizer
+from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, PerParameterOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
 
@@ -124,6 +128,49 @@ def step_times(optimizers: dict[str, Optimizer], repeats: int) -> dict[str, list
     return times
 
 
+@torch.no_grad()
+def stage_table(rule: PerParameterOptimizer, repeats: int, matmul: float) -> list[str]:
+    """Markdown rows: the FF rule's step on :func:`mlp` split into stages, min over interleaved rounds.
+
+    Each stage is timed where it runs, on the chunk its predecessor just produced (cache-hot, as in the step): the
+    prefixes "features", "features + layer 1", ... of the per-chunk pipeline are timed whole, and a layer's time is
+    the difference between consecutive prefixes; "rest" is the whole rule call less the feature state and the
+    longest prefix (the update, concatenation, Python)."""
+    model = mlp()
+    space = ParamSpace.of_module(model)
+    params = ParamLayout.flatten([p.detach() for p in model.parameters()])
+    grads = ParamLayout.flatten([p.grad for p in model.parameters()])
+    state = rule.init_state(params, space)
+    layers = [module for module in rule.network.modules() if isinstance(module, nn.Linear)]
+    chunks = list(rule._chunks(len(params)))
+    features, _ = rule.features.prepare(params, grads, state, space)
+
+    def prefix(depth: int) -> None:
+        for rows in chunks:
+            x = features(rows)
+            for index, layer in enumerate(layers[:depth]):
+                x = linear(x, layer.weight, layer.bias, relu=index < len(layers) - 1)
+
+    runs: dict[str, Callable[[], object]] = {
+        "whole": partial(rule, params, grads, torch.tensor(0.0), state, space, rule.lr),
+        "feature state": partial(rule.features.prepare, params, grads, state, space),
+    }
+    runs.update({f"prefix {depth}": partial(prefix, depth) for depth in range(len(layers) + 1)})
+    best = {name: min(samples) for name, samples in interleaved(runs, repeats).items()}
+    stages = {"feature state (momenta)": best["feature state"], "features of the chunks": best["prefix 0"]}
+    for depth, layer in enumerate(layers):
+        stages[f"layer {layer.in_features} → {layer.out_features}"] = best[f"prefix {depth + 1}"] - best[f"prefix {depth}"]
+    stages["rest (update, concatenation, Python)"] = best["whole"] - best["feature state"] - best[f"prefix {len(layers)}"]
+    lines = [f"Where the shipped FF's rule call goes ({len(chunks)} chunks of {rule.chunk_size}; min over the rounds):",
+             "", "| stage | ms | GFLOP/s | % of matmul |", "|---|---|---|---|"]
+    for (name, seconds), layer in zip(stages.items(), [None, None, *layers, None], strict=True):
+        rate = None if layer is None else 2 * layer.in_features * layer.out_features * len(params) / seconds / 1e9
+        cells = [name, f"{1e3 * seconds:.1f}"] + (["—", "—"] if rate is None else [f"{rate:.1f}", f"{100 * rate / matmul:.0f} %"])
+        lines.append(f"| {' | '.join(cells)} |")
+    lines.append(f"| whole rule call (no deploy wrapper) | {1e3 * best['whole']:.1f} | — | — |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10, help="interleaved rounds (default 10)")
@@ -169,6 +216,8 @@ def main() -> None:
                 delta = updates[name] - updates[reference]
                 cells[7:] = [f"{delta.abs().max().item():.2g}", f"{(delta.norm() / updates[reference].norm()).item():.2%}"]
         lines.append(f"| {' | '.join(cells)} |")
+    ff_name = next(name for name in rules if name.startswith("ff kofinas"))
+    lines += ["", *stage_table(rules[ff_name][0], args.repeats, matmul)]
     save_report(lines, "deployed_step.md", append=True)
 
 

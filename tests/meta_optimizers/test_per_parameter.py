@@ -16,6 +16,7 @@ from lightning_l2o.checkpoints import build_meta_optimizer, meta_optimizer_confi
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.meta_optimizers import Adam, MetaOptimizer, State
+from lightning_l2o.meta_optimizers.lstm import lstm_cell
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.optim import LearnedOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
@@ -161,6 +162,23 @@ def test_lstm_state_is_per_coordinate_and_evolves():
     assert state["lstm_h"].shape == state["lstm_c"].shape == (2, LAYOUT.total, 8)
     _, state2, _ = rule(params, torch.randn(LAYOUT.total), torch.tensor(1.0), state, SPACE, rule.lr)
     assert not torch.equal(state2["lstm_h"], state["lstm_h"])
+
+
+def test_lstm_cell_from_one_product_equals_nn_lstm_cell_in_value_and_every_gradient():
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(6, 5)
+    inputs = [torch.randn(40, 6), torch.randn(40, 5), torch.randn(40, 5)]
+
+    def values_and_gradients(step):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        h, c = step(*leaves)
+        weights = torch.linspace(-1, 1, h.numel()).view_as(h)
+        grads = torch.autograd.grad((h * weights).sum() + (c * weights).sum(), [*leaves, *cell.parameters()])
+        return [h.detach(), c.detach(), *grads]
+
+    ours = values_and_gradients(lambda x, h, c: lstm_cell(x, h, c, cell))
+    for got, expected in zip(ours, values_and_gradients(lambda x, h, c: cell(x, (h, c))), strict=True):
+        torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("make", RULES)

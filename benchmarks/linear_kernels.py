@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results_table import save_report
+from results_table import min_median_ms, save_report
 
 from lightning_l2o.meta_optimizers.ff import PerParameterMLP
 from lightning_l2o.meta_optimizers.linear import ONEDNN_AVAILABLE, linear, onednn, uses_onednn
@@ -59,9 +58,6 @@ def matmul_gflops(repeats: int, size: int = MATMUL_SIZE) -> dict[str, float]:
         runs["oneDNN"] = lambda: linear(a, b_t)
     return {name: 2 * size**3 / min(t) / 1e9 for name, t in interleaved(runs, repeats).items()}
 
-
-def _ms(values: list[float]) -> str:
-    return f"{1e3 * min(values):.2f} / {1e3 * statistics.median(values):.2f}"
 
 
 def layer_products(repeats: int) -> dict[str, list[float]]:
@@ -105,9 +101,9 @@ def main() -> None:
               "min / median"), "", f"| fp32 {MATMUL_SIZE}^3 product | GFLOP/s (best) |", "|---|---|"]
     lines += [f"| {name} | {rate:.1f} |" for name, rate in matmul_gflops(args.repeats).items()]
     lines += ["", f"| product on {COORDINATES:,} coordinates, width {HIDDEN} | ms |", "|---|---|"]
-    lines += [f"| {name} | {_ms(t)} |" for name, t in layer_products(args.repeats).items()]
+    lines += [f"| {name} | {min_median_ms(t, 2)} |" for name, t in layer_products(args.repeats).items()]
     lines += ["", f"| PNA's read-out (8 x {HIDDEN}) on {COORDINATES:,} coordinates, forward + backward | ms |", "|---|---|"]
-    lines += [f"| {name} | {_ms(t)} |" for name, t in read_out(args.repeats).items()]
+    lines += [f"| {name} | {min_median_ms(t, 2)} |" for name, t in read_out(args.repeats).items()]
     save_report(lines, "linear_kernels.md")
 
 

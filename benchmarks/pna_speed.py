@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from linear_kernels import interleaved, matmul_gflops
-from results_table import save_report
+from results_table import min_median_ms, save_report
 
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer
 from lightning_l2o.meta_optimizers.linear import onednn
@@ -152,9 +152,6 @@ def conv_layer_times(repeats: int) -> dict[str, list[float]]:
     return interleaved({"max / min by segment": lambda: run(ptr), "max / min by scatter": lambda: run(None)}, repeats)
 
 
-def _ms(values: list[float]) -> str:
-    return f"{1e3 * min(values):.1f} / {1e3 * statistics.median(values):.1f}"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,13 +173,13 @@ def main() -> None:
         ff = statistics.median(times["ff"])
         for name, t in times.items():
             memory = peak_memory(name, preset, 3)
-            lines.append(f"| {preset} | {name} | {_ms(t)} | {statistics.median(t) / ff:.2f} | "
+            lines.append(f"| {preset} | {name} | {min_median_ms(t)} | {statistics.median(t) / ff:.2f} | "
                          f"{memory['added_mib']:.0f} |")
             print(lines[-1], flush=True)
     n, times = deployed_step_times(args.deploy_repeats)
     adam = statistics.median(times["torch.optim.Adam"])
     lines += ["", f"| deployed step, MLP with {n:,} parameters | ms | × Adam (median) |", "|---|---|---|"]
-    lines += [f"| {name} | {_ms(t)} | {statistics.median(t) / adam:.0f} |" for name, t in times.items()]
+    lines += [f"| {name} | {min_median_ms(t)} | {statistics.median(t) / adam:.0f} |" for name, t in times.items()]
     rates = matmul_gflops(args.repeats)
     peak = max(rates.values())
     kernels = ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items())
@@ -190,10 +187,10 @@ def main() -> None:
                    f"({peak:.0f} GFLOP/s; {kernels}) |"), "|---|---|---|---|---|"]
     for name, (gflop, t) in rule_gflops(args.repeats).items():
         rate = gflop / min(t)
-        lines.append(f"| {name} | {gflop:.2f} | {_ms(t)} | {rate:.1f} | {100 * rate / peak:.0f} % |")
+        lines.append(f"| {name} | {gflop:.2f} | {min_median_ms(t)} | {rate:.1f} | {100 * rate / peak:.0f} % |")
     times = conv_layer_times(5 * args.repeats)
     lines += ["", "| one FiLMPNAConv layer on task 17, forward + backward | ms |", "|---|---|"]
-    lines += [f"| {name} | {_ms(t)} |" for name, t in times.items()]
+    lines += [f"| {name} | {min_median_ms(t)} |" for name, t in times.items()]
     save_report(lines, "pna_speed.md")
 
 

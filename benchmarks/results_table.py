@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -16,3 +17,8 @@ def save_report(lines: list[str], name: str, append: bool = False) -> Path:
     with out.open("a" if append else "w") as f:
         f.write(report + ("\n" if append else ""))
     return out
+
+
+def min_median_ms(seconds: list[float], digits: int = 1) -> str:
+    """``"min / median"`` of timings in seconds, in milliseconds with ``digits`` decimals."""
+    return f"{1e3 * min(seconds):.{digits}f} / {1e3 * statistics.median(seconds):.{digits}f}"

@@ -116,18 +116,6 @@ def learned_rules(chunk_size: int, n: int) -> dict[str, tuple[PerParameterOptimi
     return rules
 
 
-def step_times(optimizers: dict[str, Optimizer], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each optimizer's ``step()``, interleaved: one step of each per round, after a warm-up round."""
-    times: dict[str, list[float]] = {name: [] for name in optimizers}
-    for round_index in range(repeats + 1):
-        for name, optimizer in optimizers.items():
-            step_args = (0.0,) if isinstance(optimizer, LearnedOptimizer) else ()  # a learned rule may read the loss
-            seconds = timed(partial(optimizer.step, *step_args))
-            if round_index:
-                times[name].append(seconds)
-    return times
-
-
 @torch.no_grad()
 def stage_table(rule: PerParameterOptimizer, repeats: int, matmul: float) -> list[str]:
     """Markdown rows: the FF rule's step on :func:`mlp` split into stages, min over interleaved rounds.
@@ -188,7 +176,8 @@ def main() -> None:
     }
     optimizers["opt2vec"] = LearnedOptimizer(mlp(), Opt2Vec())
     optimizers.update({name: LearnedOptimizer(mlp(), rule) for name, (rule, _) in rules.items()})
-    times = step_times(optimizers, args.repeats)
+    times = interleaved({name: partial(optimizer.step, *((0.0,) if isinstance(optimizer, LearnedOptimizer) else ()))
+                         for name, optimizer in optimizers.items()}, args.repeats)  # a learned rule may read the loss
     updates = {name: first_update(rule, mlp()) for name, (rule, _) in rules.items()}
     adam = statistics.median(times["torch.optim.Adam (foreach)"])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deployed_step import timed
+from linear_kernels import interleaved
 from results_table import min_median_ms, save_report
 
 from lightning_l2o import LearnedOptimizer
@@ -119,12 +120,7 @@ def size_rows(params: int, args: argparse.Namespace, device: torch.device, limit
                 torch.cuda.empty_cache()
                 continue
             runs[name] = in_precision(precision, partial(optimizer.step, 0.0))
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_index in range(args.repeats + 1):
-        for name, run in runs.items():
-            seconds = timed(run, device)
-            if round_index:
-                times[name].append(seconds)
+    times = interleaved({name: partial(timed, run, device) for name, run in runs.items()}, args.repeats)
     adam_median = statistics.median(times["AdamW (fused)"])
     lines = [f"| {n:,} | {name} | {reason} | — | — | — | — |" for name, reason in not_run.items()]
     for name, samples in times.items():

@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers import MetaOptimizer, Opt2Vec
+from lightning_l2o.meta_optimizers.base import deployed_step
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
 
@@ -23,7 +24,8 @@ STATE_KEY = "rule_state"
 
 
 class LearnedOptimizer(Optimizer):
-    """Runs ``update_rule.forward`` under ``torch.no_grad()`` on each parameter group's flattened parameters.
+    """Runs ``update_rule.forward`` under ``torch.no_grad()`` on each parameter group's flattened parameters (as a
+    :func:`~lightning_l2o.meta_optimizers.base.deployed_step`: the FF rule runs its compiled CPU kernel there).
 
     ``params`` is an ``nn.Module`` (its parameters form one group and the rule sees its structure: names,
     shapes and, for rules that read it, its neural graph), or parameters / parameter groups as for any
@@ -93,7 +95,8 @@ class LearnedOptimizer(Optimizer):
         loss = loss.to(flat)
         if not _finite(grads, loss if self.update_rule.uses_loss else grads):
             return self._skip_nonfinite(index, "gradient or loss")
-        new_flat, new_state, info = self.update_rule(flat, grads, loss, state[STATE_KEY], space, lr)
+        with deployed_step():
+            new_flat, new_state, info = self.update_rule(flat, grads, loss, state[STATE_KEY], space, lr)
         if not _finite(new_flat, *new_state.values()):
             return self._skip_nonfinite(index, "update")
         state[STATE_KEY] = new_state

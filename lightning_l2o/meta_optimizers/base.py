@@ -5,12 +5,16 @@ a new state and an ``info`` dict of what callbacks show (effective lr, momentum,
 tensors are flat over every parameter of the optimizee, so one call updates all parameters at once.
 ``space`` (:class:`~lightning_l2o.params.ParamSpace`) is the optimizee's static description (layout,
 segment ids, neural graph), given on every call; the state holds only what changes from step to step. The same ``forward`` runs in the differentiable inner
-loop of meta-training, in meta-test, and under ``torch.no_grad()`` in the deployable optimizer.
+loop of meta-training, in meta-test, and under ``torch.no_grad()`` in the deployable optimizer; there (within
+:func:`deployed_step`) a rule may compute it with faster kernels that agree to float rounding rather than bit for
+bit, while meta-training and meta-test keep one path so that the harness's figures reproduce exactly.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -24,6 +28,26 @@ Info = dict[str, Tensor]
 
 UPDATE_RULES: dict[str, type[MetaOptimizer]] = {}
 """Every concrete :class:`MetaOptimizer` subclass defined so far, by class path: what a checkpoint may build."""
+
+
+_deployed = False
+
+
+@contextmanager
+def deployed_step() -> Iterator[None]:
+    """Marks the rule calls within as steps of a deployed optimizer (``LearnedOptimizer.step``), where a rule may use
+    kernels whose results agree with its default path to float rounding (the FF rule's compiled CPU kernel)."""
+    global _deployed
+    previous, _deployed = _deployed, True
+    try:
+        yield
+    finally:
+        _deployed = previous
+
+
+def in_deployed_step() -> bool:
+    """Whether the current rule call is a deployed optimizer's step (see :func:`deployed_step`)."""
+    return _deployed
 
 
 def class_path(cls: type) -> str:

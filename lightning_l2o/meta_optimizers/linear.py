@@ -7,6 +7,7 @@ about half the rate of oneDNN's JIT-compiled kernels on such products (``benchma
 the product through oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses for
 frozen CPU linears) with the bias and an optional ReLU fused into it, forward and for the input's gradient;
 everywhere else (CUDA, other dtypes, under autocast, or a PyTorch without oneDNN) it is ``F.linear`` (+ ``relu``).
+One difference in value: oneDNN's fused ReLU is ``max(x, 0)``, which turns a NaN into 0 where ``F.relu`` keeps it.
 """
 
 from __future__ import annotations

@@ -8,17 +8,19 @@ On one intra-op thread (``torch.set_num_threads(1)``):
    ``torch.mm`` and by oneDNN (``linear_kernels.matmul_gflops``); the better of the two is the limit.
 2. ``optimizer.step()`` on a 1,068,810-parameter MLP (784-1024-256-10) with fixed gradients, for
    ``torch.optim.Adam`` (``foreach`` and ``fused``) and the per-parameter rules: FF with each feature set (``kofinas``
-   is the shipped ``ff_fashion_mnist_task17``, the others untrained), the LSTM, each in chunks (the default), in one
-   chunk (``chunk_size`` = n, the pre-chunking computation) and with ``network_dtype: bfloat16``. The steps are
-   interleaved (one step of each optimizer per round); min and median over the rounds after a warm-up round.
+   is the shipped ``ff_fashion_mnist_task17``, the others untrained), the LSTM, each in chunks (the default; FF
+   ``kofinas`` through its compiled kernel, :mod:`lightning_l2o.meta_optimizers.fused_ff`, and in PyTorch's eager
+   mode), in one chunk (``chunk_size`` = n, the pre-chunking computation, eager) and with ``network_dtype:
+   bfloat16``. The steps are interleaved (one step of each optimizer per round); min and median over the rounds
+   after a warm-up round.
 3. Achieved GFLOP/s: the network's multiply-adds, ``2 x n x sum(in x out)`` over its layers (an LSTM cell counts
    its four gates, ``4 hidden x (in + hidden)``), over the step's best time (the whole ``step()``: features,
    network, update and the deploy wrapper's finiteness guard).
 4. Each variant's update against the same rule in chunks of the default size, from the same parameters, gradient
    and state: the largest absolute difference (0: bit-identical) and the relative difference ``|d - d_ref| / |d_ref|``.
-5. Where the shipped FF's step goes: its stages timed separately over all chunks, interleaved with the whole rule
-   call (``rule(...)`` without the deploy wrapper): the feature state (momenta), the chunks' features, each dense
-   layer (with its GFLOP/s), and the rest (the update ``theta + lr a exp(s b)``, concatenation, Python).
+5. Where the shipped FF's eager step goes: its stages timed separately over all chunks, interleaved with the whole
+   eager rule call (``rule(...)`` without the deploy wrapper): the feature state (momenta), the chunks' features,
+   each dense layer (with its GFLOP/s), and the rest (the update ``theta + lr a exp(s b)``, concatenation, Python).
 
 Appends its table to ``benchmarks/results/deployed_step.md``.
 """
@@ -48,6 +50,8 @@ from results_table import save_report
 
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, LSTMMetaOptimizer, Opt2Vec
 from lightning_l2o.checkpoints import load_meta_optimizer
+from lightning_l2o.meta_optimizers.base import deployed_step
+from lightning_l2o.meta_optimizers.fused_ff import fused_kernels
 from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, PerParameterOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
@@ -88,16 +92,22 @@ def network_flops_per_coordinate(rule: PerParameterOptimizer) -> int:
 
 @torch.no_grad()
 def first_update(rule: PerParameterOptimizer, model: nn.Module) -> Tensor:
-    """The rule's first update ``(n,)`` of ``model``'s parameters, from its gradients and a fresh state."""
+    """The rule's first deployed update ``(n,)`` of ``model``'s parameters, from its gradients and a fresh state."""
     space = ParamSpace.of_module(model)
     params = ParamLayout.flatten([p.detach() for p in model.parameters()])
     grads = ParamLayout.flatten([p.grad for p in model.parameters()])
-    new, _, _ = rule(params, grads, torch.tensor(0.0), rule.init_state(params, space), space, rule.lr)
+    with deployed_step():
+        new, _, _ = rule(params, grads, torch.tensor(0.0), rule.init_state(params, space), space, rule.lr)
     return new - params
 
 
+EAGER = ", eager"
+"""The suffix of the benchmarked rules that run without the compiled FF kernel."""
+
+
 def learned_rules(chunk_size: int, n: int) -> dict[str, tuple[PerParameterOptimizer, str | None]]:
-    """Each benchmarked rule and the name of the rule its update is compared with (``None``: itself a reference)."""
+    """Each benchmarked rule and the name of the rule its update is compared with (``None``: itself a reference);
+    a name ending in :data:`EAGER` runs in PyTorch's eager mode (:func:`run_eager`)."""
     torch.manual_seed(0)
     bases = {
         "ff kofinas (ff_fashion_mnist_task17)": load_meta_optimizer("pretrained:ff_fashion_mnist_task17"),
@@ -109,16 +119,31 @@ def learned_rules(chunk_size: int, n: int) -> dict[str, tuple[PerParameterOptimi
     for name, rule in bases.items():
         reference = rule.with_config(chunk_size=chunk_size)
         rules[f"{name}, chunks of {chunk_size}"] = (reference, None)
+        if name.startswith("ff kofinas"):
+            rules[f"{name}, chunks of {chunk_size}{EAGER}"] = (reference, f"{name}, chunks of {chunk_size}")
         if name.startswith(("ff kofinas", "lstm")):
-            rules[f"{name}, one chunk"] = (rule.with_config(chunk_size=n), f"{name}, chunks of {chunk_size}")
+            eager = EAGER if name.startswith("ff kofinas") else ""  # the only rule with a compiled kernel
+            rules[f"{name}, one chunk{eager}"] = (rule.with_config(chunk_size=n), f"{name}, chunks of {chunk_size}")
             rules[f"{name}, bfloat16"] = (rule.with_config(chunk_size=chunk_size, network_dtype="bfloat16"),
                                           f"{name}, chunks of {chunk_size}")
     return rules
 
 
+def run_eager(name: str, run: Callable[[], object]) -> Callable[[], object]:
+    """``run`` without the compiled FF kernel where ``name`` ends in :data:`EAGER`, else ``run`` itself."""
+    if not name.endswith(EAGER):
+        return run
+
+    def eager() -> object:
+        with fused_kernels(False):
+            return run()
+
+    return eager
+
+
 @torch.no_grad()
 def stage_table(rule: PerParameterOptimizer, repeats: int, matmul: float) -> list[str]:
-    """Markdown rows: the FF rule's step on :func:`mlp` split into stages, min over interleaved rounds.
+    """Markdown rows: the FF rule's eager step on :func:`mlp` split into stages, min over interleaved rounds.
 
     Each stage is timed where it runs, on the chunk its predecessor just produced (cache-hot, as in the step): the
     prefixes "features", "features + layer 1", ... of the per-chunk pipeline are timed whole, and a layer's time is
@@ -140,7 +165,7 @@ def stage_table(rule: PerParameterOptimizer, repeats: int, matmul: float) -> lis
                 x = linear(x, layer.weight, layer.bias, relu=index < len(layers) - 1)
 
     runs: dict[str, Callable[[], object]] = {
-        "whole": partial(rule, params, grads, torch.tensor(0.0), state, space, rule.lr),
+        "whole": partial(rule, params, grads, torch.tensor(0.0), state, space, rule.lr),  # not a deployed step: eager
         "feature state": partial(rule.features.prepare, params, grads, state, space),
     }
     runs.update({f"prefix {depth}": partial(prefix, depth) for depth in range(len(layers) + 1)})
@@ -149,7 +174,7 @@ def stage_table(rule: PerParameterOptimizer, repeats: int, matmul: float) -> lis
     for depth, layer in enumerate(layers):
         stages[f"layer {layer.in_features} → {layer.out_features}"] = best[f"prefix {depth + 1}"] - best[f"prefix {depth}"]
     stages["rest (update, concatenation, Python)"] = best["whole"] - best["feature state"] - best[f"prefix {len(layers)}"]
-    lines = [f"Where the shipped FF's rule call goes ({len(chunks)} chunks of {rule.chunk_size}; min over the rounds):",
+    lines = [f"Where the shipped FF's eager rule call goes ({len(chunks)} chunks of {rule.chunk_size}; min over the rounds):",
              "", "| stage | ms | GFLOP/s | % of matmul |", "|---|---|---|---|"]
     for (name, seconds), layer in zip(stages.items(), [None, None, *layers, None], strict=True):
         rate = None if layer is None else 2 * layer.in_features * layer.out_features * len(params) / seconds / 1e9
@@ -176,9 +201,10 @@ def main() -> None:
     }
     optimizers["opt2vec"] = LearnedOptimizer(mlp(), Opt2Vec())
     optimizers.update({name: LearnedOptimizer(mlp(), rule) for name, (rule, _) in rules.items()})
-    times = interleaved({name: partial(optimizer.step, *((0.0,) if isinstance(optimizer, LearnedOptimizer) else ()))
+    times = interleaved({name: run_eager(name, partial(optimizer.step,
+                                                       *((0.0,) if isinstance(optimizer, LearnedOptimizer) else ())))
                          for name, optimizer in optimizers.items()}, args.repeats)  # a learned rule may read the loss
-    updates = {name: first_update(rule, mlp()) for name, (rule, _) in rules.items()}
+    updates = {name: run_eager(name, partial(first_update, rule, mlp()))() for name, (rule, _) in rules.items()}
     adam = statistics.median(times["torch.optim.Adam (foreach)"])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [

@@ -12,7 +12,9 @@ resumes with ``--resume``. ``report`` runs :mod:`lightning_l2o.report` on each r
 validation (its ``last.ckpt`` where it did not validate): baselines' lrs tuned on task 17's
 validation seeds, then task 17 and the FashionMNIST width-8 and depth-1 presets (the wider and deeper ones cost
 minutes per run on a CPU: add them with ``--presets``). Datasets are read from ``$L2O_DATA_DIR``
-(default ``../shared/data``). Results go to ``benchmarks/results/replication/``.
+(default ``../shared/data``). Results go to ``benchmarks/results/replication/``; every report keeps its runs in
+``benchmarks/results/replication/runs`` (one shared folder): a killed report resumes where it stopped, and a report
+that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def report(
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
-           "--checkpoints", str(_checkpoints(methods, runs))]
+           "--checkpoints", str(_checkpoints(methods, runs)), "--cache_dir", str(OUT / "runs")]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, env=_env(1), check=True)
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
+from lightning_l2o.meta_optimizers.base import class_path
 from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, inner_step
 
@@ -72,6 +78,55 @@ def meta_test(
         spec, method or update_rule.name, float(lr), torch.tensor(losses), final, diverged,
         {k: torch.stack(v).cpu() for k, v in infos.items()},
     )
+
+
+class TrajectoryCache:
+    """Meta-test runs kept on disk, a file per run, so that a report run again (or killed and started again) reads
+    the runs it has instead of training them again, and reports that share a folder share their runs.
+
+    A run's file is named by a hash of the rule (class, configuration and weights), the task spec (with its seed
+    and horizon), the device and the source code of this package: any change to the code computes runs afresh.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def meta_test(self, update_rule: MetaOptimizer, spec: TaskSpec, method: str, device: torch.device | str = "cpu",
+                  ) -> Trajectory:
+        """:func:`meta_test` of ``update_rule`` on ``spec`` at its own lr, read from the folder where it was run."""
+        key = {"rule": _rule_digest(update_rule), "spec": spec.to_dict(), "device": str(device), "code": _code_digest()}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        path = self.folder / f"{method}-{spec.name}-{digest}.pt"
+        if path.is_file():
+            run = torch.load(path, weights_only=True)
+            return Trajectory(spec, method, run["lr"], run["losses"], run["final"], run["diverged"], run["infos"])
+        trajectory = meta_test(update_rule, spec, method=method, device=device)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        torch.save({"lr": trajectory.lr, "losses": trajectory.losses, "final": trajectory.final,
+                    "diverged": trajectory.diverged, "infos": trajectory.infos}, partial)
+        os.replace(partial, path)  # whole files only, also with reports running side by side
+        return trajectory
+
+
+def _rule_digest(update_rule: MetaOptimizer) -> str:
+    digest = hashlib.sha256(class_path(type(update_rule)).encode())
+    digest.update(json.dumps(update_rule.config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(update_rule.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@functools.cache
+def _code_digest() -> str:
+    """A hash of this package's source (``.py`` and ``.c`` files)."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.c")]):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _nan_metrics() -> dict[str, float]:

@@ -9,7 +9,9 @@ one per meta-training seed) and every tuned baseline trains each task preset wit
 accuracy, and each learned method paired against tuned Adam on the same test seeds: mean difference, 95 %
 confidence interval, wins / losses, verdict), ``results.csv`` (one row per run), ``summary.csv``,
 ``paired.csv``, ``curves.csv``, ``loss_curves.png`` and a TensorBoard run (``tensorboard --logdir <out_dir>``).
-A diverging optimizer is recorded as diverged, not raised.
+A diverging optimizer is recorded as diverged, not raised. Every run is kept in ``cache_dir``
+(:class:`~lightning_l2o.evaluation.TrajectoryCache`): a killed report resumes where it stopped when started again,
+and a report that adds a checkpoint to an earlier one's list only runs the new checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import PARSER_OPTIONS, ConfigError, config_errors_exit
-from lightning_l2o.evaluation import Trajectory, best_lrs, meta_test
+from lightning_l2o.evaluation import Trajectory, TrajectoryCache, best_lrs
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.baselines import BASELINES
 from lightning_l2o.reporting import (
@@ -57,6 +59,7 @@ def evaluation_report(
     out_dir: str = "reports/evaluation",
     data_dir: str | None = None,
     device: str = "cpu",
+    cache_dir: str | None = None,
 ) -> list[Trajectory]:
     """Write the evaluation report and return every trajectory.
 
@@ -75,6 +78,8 @@ def evaluation_report(
         out_dir: folder of the tables, figures and TensorBoard run.
         data_dir: folder of torchvision datasets (default ``$L2O_DATA_DIR``, else ``./data``).
         device: where optimizees train (``cpu``, ``cuda``).
+        cache_dir: folder of the runs already made (default ``<out_dir>/runs``); reports that share it share their
+            runs (the same rule, task, seed, device and code).
     """
     learned = _load_learned(checkpoints or {})
     unknown = [b for b in baselines if b not in BASELINES]
@@ -87,10 +92,11 @@ def evaluation_report(
     val_specs = _specs(tasks if tuning_tasks is None else tuning_tasks, val_seeds, steps, data_dir)
     runs = len(val_specs) * len(baselines) * len(lr_grid) + len(test_specs) * (len(learned) + len(baselines))
     progress = tqdm(total=runs, desc="evaluation runs", unit="run")
+    cache = TrajectoryCache(Path(out_dir) / "runs" if cache_dir is None else cache_dir)
 
     def run(rule: MetaOptimizer, spec: TaskSpec, method: str, meta_seed: int | None = None) -> Trajectory:
         progress.set_postfix_str(f"{method}{'' if meta_seed is None else f' #{meta_seed}'} on {spec.name}")
-        trajectory = replace(meta_test(rule, spec, method=method, device=device), meta_seed=meta_seed)
+        trajectory = replace(cache.meta_test(rule, spec, method, device), meta_seed=meta_seed)
         progress.update()
         return trajectory
 

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from lightning_l2o import FFMetaOptimizer, L2OModule
+from lightning_l2o import FFMetaOptimizer, L2OModule, evaluation
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.report import evaluation_report, main
+from lightning_l2o.tasks import TaskSpec
 from tests.conftest import REPO, SHARED_DATA, tiny_datamodule, tiny_trainer
 
 PRESETS = ["cifar10-depth1", "cifar10-width8"]
@@ -91,6 +92,51 @@ def test_a_list_of_checkpoints_is_one_method_over_meta_seeds_paired_with_adam(tm
     assert "| ff | mean ± std of 2 | 4 |" in table and "| 2 meta-seeds |" in table
     assert {r["method"]: r["meta_seeds"] for r in csv.DictReader((out / "summary.csv").open())} == {"ff": "2",
                                                                                                    "adam": "1"}
+
+
+def test_a_report_reads_the_runs_it_has_and_runs_only_a_new_checkpoint(tmp_path, fake_cifar10, monkeypatch):
+    trained = []
+    meta_test = evaluation.meta_test
+    monkeypatch.setattr(evaluation, "meta_test", lambda rule, spec, **kw: trained.append(kw["method"]) or meta_test(
+        rule, spec, **kw))
+    first, second = _checkpoint(tmp_path, "ff0"), _checkpoint(tmp_path, "ff1")
+
+    def report(checkpoints, out):
+        return evaluation_report(
+            checkpoints={"ff": checkpoints}, tasks=["cifar10-depth1"], seeds=[101, 102], steps=3, baselines=["adam"],
+            lr_grid=[0.01, 0.1], val_seeds=[201], out_dir=str(tmp_path / out), data_dir=str(fake_cifar10),
+            cache_dir=str(tmp_path / "runs"))
+
+    once = report([first], "one")
+    assert sorted(trained) == ["adam"] * 4 + ["ff"] * 2  # 2 tuning runs, then 2 test seeds each
+    trained.clear()
+    again = report([first], "again")
+    assert not trained
+    assert [(t.method, t.lr, t.spec.seed, t.losses.tolist(), t.final) for t in again] == [
+        (t.method, t.lr, t.spec.seed, t.losses.tolist(), t.final) for t in once]
+    assert (tmp_path / "one" / "results.md").read_text() == (tmp_path / "again" / "results.md").read_text()
+    both = report([first, second], "both")
+    assert trained == ["ff", "ff"]  # the second checkpoint's two test runs, nothing else
+    assert sorted((t.meta_seed, t.spec.seed) for t in both if t.method == "ff") == [(0, 101), (0, 102), (1, 101),
+                                                                                    (1, 102)]
+
+
+def test_cached_runs_are_not_reused_for_other_weights_or_code(tmp_path, monkeypatch):
+    trained = []
+    meta_test = evaluation.meta_test
+    monkeypatch.setattr(evaluation, "meta_test", lambda rule, spec, **kw: trained.append(kw["method"]) or meta_test(
+        rule, spec, **kw))
+    cache = evaluation.TrajectoryCache(tmp_path)
+    spec, rule = TaskSpec("quadratic", arch={"dim": 3}, horizon=5, seed=1), FFMetaOptimizer(hidden_dim=4, num_layers=1)
+    cache.meta_test(rule, spec, "ff")
+    cache.meta_test(rule, spec, "ff")
+    assert trained == ["ff"]
+    with torch.no_grad():
+        rule.network.output_layer.bias += 1.0
+    cache.meta_test(rule, spec, "ff")
+    monkeypatch.setattr(evaluation, "_code_digest", lambda: "other source")
+    cache.meta_test(rule, spec, "ff")
+    assert trained == ["ff"] * 3 and len(list(tmp_path.iterdir())) == 3
 
 
 def test_report_rejects_test_seeds_among_validation_seeds(tmp_path, fake_cifar10):

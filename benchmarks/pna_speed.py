@@ -6,7 +6,8 @@
    the step: the optimizee's forward and backward, the rule's forward, the lookahead loss and the backward
    through the rule) on task 17 and on ``fashion_mnist-width128``; FF, PNA and PNA with a 2-layer read-out
    (``head_layers=2``, not the reference's 8: what a shallower read-out buys) interleaved in one process,
-   min / median over repeats.
+   min / median over repeats. The process keeps freed memory for reuse, as ``fit`` does
+   (:func:`lightning_l2o.allocator.keep_freed_memory`).
 2. Peak memory of those inner steps: each (rule, task) in a fresh subprocess, the peak RSS during the steps
    (``VmHWM``, reset through ``/proc/self/clear_refs`` once imports, the task and the rule are built) minus the
    RSS at that point.
@@ -42,6 +43,7 @@ from linear_kernels import interleaved, matmul_gflops
 from results_table import min_median_ms, save_report
 
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer
+from lightning_l2o.allocator import keep_freed_memory
 from lightning_l2o.meta_optimizers.linear import onednn
 from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, unroll
@@ -161,6 +163,7 @@ def main() -> None:
     parser.add_argument("--memory-child", nargs=3, metavar=("RULE", "PRESET", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("L2O_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    keep_freed_memory()  # as `python -m lightning_l2o fit` does
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if args.memory_child:

@@ -27,6 +27,7 @@ from results_table import save_report
 
 from datamodules import TaskDataModule
 from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer
+from lightning_l2o.allocator import keep_freed_memory
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.tasks import TaskSpec
 
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--outer-steps", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("L2O_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    keep_freed_memory()  # as `python -m lightning_l2o fit` does
     torch.manual_seed(0)
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads", "",
              "| meta-training on task 17 | backprop | inner steps / s |", "|---|---|---|"]

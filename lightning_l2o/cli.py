@@ -11,6 +11,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datamodules import TaskDataModule
+from lightning_l2o.allocator import keep_freed_memory
 from lightning_l2o.checkpoints import read_checkpoint
 from lightning_l2o.errors import PARSER_OPTIONS, config_errors_exit
 from lightning_l2o.module import L2OModule
@@ -53,7 +54,9 @@ class L2OCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> LightningCLI | None:
-    """Run the CLI; a :class:`ConfigError` is printed as one line and exits with status 2, SIGTERM with 143."""
+    """Run the CLI; a :class:`ConfigError` is printed as one line and exits with status 2, SIGTERM with 143. The
+    process keeps freed memory for reuse (:func:`~lightning_l2o.allocator.keep_freed_memory`)."""
+    keep_freed_memory()
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset` has `__len__` defined.*")
     # Checkpoints hold the state after each outer step, which is what resuming needs.

@@ -25,6 +25,7 @@ from jsonargparse import auto_cli
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from lightning_l2o.allocator import keep_freed_memory
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import PARSER_OPTIONS, ConfigError, config_errors_exit
 from lightning_l2o.evaluation import Trajectory, TrajectoryCache, best_lrs
@@ -173,7 +174,9 @@ def _specs(tasks: Sequence[str | TaskSpec], seeds: Sequence[int], steps: int, da
 
 
 def main(args: list[str] | None = None) -> None:
-    """``python -m lightning_l2o.report``: :func:`evaluation_report` from a YAML ``--config`` and flags."""
+    """``python -m lightning_l2o.report``: :func:`evaluation_report` from a YAML ``--config`` and flags (the process
+    keeps freed memory for reuse: :func:`~lightning_l2o.allocator.keep_freed_memory`)."""
+    keep_freed_memory()
     with config_errors_exit(args):
         auto_cli(evaluation_report, args=args, **PARSER_OPTIONS)
 

@@ -2,8 +2,8 @@
 
 An inner step of a GNN optimizer allocates and frees tens of MB of activations and gradients, in blocks of a few MB.
 glibc's malloc serves blocks above its mmap threshold with ``mmap`` and hands freed memory above its trim threshold
-back to the kernel, so every step gets those pages again as fresh, zero-filled ones: 12,000-15,000 page faults per
-PNA inner step on task 17, about a third of its time (``benchmarks/pna_speed.py``). :func:`keep_freed_memory`
+back to the kernel, so every step gets those pages again as fresh, zero-filled ones: ~12,700 page faults per PNA
+inner step on task 17, about a fifth of its time (``benchmarks/allocator.py``). :func:`keep_freed_memory`
 raises both thresholds (``mallopt``), after which the heap keeps that memory and hands it out again; the process's
 peak memory is what it was, but it is not returned to the system until exit. The CLI (``python -m lightning_l2o``
 and the report) calls it; a script that drives ``Trainer`` itself may too.

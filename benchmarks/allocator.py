@@ -1,0 +1,83 @@
+"""Meta-training inner steps with glibc's malloc as it comes and with freed memory kept (``keep_freed_memory``).
+
+    L2O_DATA_DIR=../shared/data python benchmarks/allocator.py [--repeats 25]
+
+Each setting runs in a fresh process (``mallopt`` cannot be undone): FF and PNA inner steps on task 17 (the
+reference's one-step lookahead, as ``benchmarks/pna_speed.py`` times them), alternating, one CPU thread; min / median
+ms and minor page faults per step after a warm-up step each. Appends to ``benchmarks/results/allocator.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pna_speed import inner_step
+from results_table import save_report
+
+from lightning_l2o import FFMetaOptimizer, PNAMetaOptimizer
+from lightning_l2o.allocator import keep_freed_memory
+from lightning_l2o.tasks import TaskSpec
+from lightning_l2o.unroll import InnerState
+
+SETTINGS = ("glibc defaults", "freed memory kept")
+
+
+def child(setting: str, repeats: int) -> None:
+    if setting == SETTINGS[1]:
+        keep_freed_memory()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rules = {"ff": FFMetaOptimizer(), "pna": PNAMetaOptimizer()}
+    states = {name: inner_step(rule, InnerState.start(TaskSpec(preset="17", horizon=1000), rule))
+              for name, rule in rules.items()}
+    times: dict[str, list[float]] = {name: [] for name in rules}
+    faults = dict.fromkeys(rules, 0)
+    for _ in range(repeats):
+        for name, rule in rules.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            states[name] = inner_step(rule, states[name])
+            times[name].append(time.perf_counter() - start)
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(json.dumps({name: {"min": min(t), "median": statistics.median(t), "faults": faults[name] / repeats}
+                      for name, t in times.items()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("L2O_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    if args.child:
+        return child(args.child, args.repeats)
+    lines = [(f"task 17, one CPU thread, {args.repeats} inner steps of each rule, alternating; load average "
+              f"{os.getloadavg()[0]:.1f} at the start"), "",
+             "| malloc | FF ms (min / median) | PNA ms (min / median) | PNA / FF (median) | page faults per step: FF / PNA |",
+             "|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        out = subprocess.run([sys.executable, __file__, "--child", setting, "--repeats", str(args.repeats)],
+                             check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        ff, pna = result["ff"], result["pna"]
+        lines.append(f"| {setting} | {1e3 * ff['min']:.1f} / {1e3 * ff['median']:.1f} | {1e3 * pna['min']:.1f} / "
+                     f"{1e3 * pna['median']:.1f} | {pna['median'] / ff['median']:.2f}× | {ff['faults']:.0f} / "
+                     f"{pna['faults']:.0f} |")
+    save_report(lines, "allocator.md", append=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ bit, while meta-training and meta-test keep one path so that the harness's figur
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,24 +31,24 @@ UPDATE_RULES: dict[str, type[MetaOptimizer]] = {}
 """Every concrete :class:`MetaOptimizer` subclass defined so far, by class path: what a checkpoint may build."""
 
 
-_deployed = False
+_deployment = threading.local()  # per thread: a deployed step in one thread leaves a meta-test in another alone
 
 
 @contextmanager
 def deployed_step() -> Iterator[None]:
-    """Marks the rule calls within as steps of a deployed optimizer (``LearnedOptimizer.step``), where a rule may use
-    kernels whose results agree with its default path to float rounding (the FF rule's compiled CPU kernel)."""
-    global _deployed
-    previous, _deployed = _deployed, True
+    """Marks the rule calls within (in this thread) as steps of a deployed optimizer (``LearnedOptimizer.step``),
+    where a rule may use kernels whose results agree with its default path to float rounding (the FF rule's
+    compiled CPU kernel)."""
+    previous, _deployment.active = in_deployed_step(), True
     try:
         yield
     finally:
-        _deployed = previous
+        _deployment.active = previous
 
 
 def in_deployed_step() -> bool:
     """Whether the current rule call is a deployed optimizer's step (see :func:`deployed_step`)."""
-    return _deployed
+    return getattr(_deployment, "active", False)
 
 
 def class_path(cls: type) -> str:

@@ -123,11 +123,13 @@ def library() -> ctypes.CDLL | None:
 def applies(rule: FFMetaOptimizer, params: Tensor, grads: Tensor, state: State) -> bool:
     """Whether :func:`fused_ff_step` computes this step: a deployed step with no graph to record, the ``kofinas``
     features with nothing added, float32, contiguous tensors on the CPU, one intra-op thread."""
+    if not (_enabled and in_deployed_step()):
+        return False  # meta-training and meta-test: no further checks on their hot path
     momenta = state.get("momenta")
     tensors = (params, grads, momenta)
     records_graph = torch.is_grad_enabled() and (
         any(t.requires_grad for t in tensors) or any(p.requires_grad for p in rule.parameters()))
-    return (_enabled and in_deployed_step() and not records_graph and type(rule.features) is KofinasFeatures and rule.adam is None
+    return (not records_graph and type(rule.features) is KofinasFeatures and rule.adam is None
             and rule.network_dtype == torch.float32 and len(params) > 0 and torch.get_num_threads() == 1
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
             and state.keys() == {"momenta"} and library() is not None)

@@ -4,6 +4,7 @@ flows, and a clear fallback where it cannot be built."""
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer
 from lightning_l2o.meta_optimizers import fused_ff
-from lightning_l2o.meta_optimizers.base import deployed_step
+from lightning_l2o.meta_optimizers.base import deployed_step, in_deployed_step
 from lightning_l2o.params import ParamLayout, ParamSpace
 
 needs_kernel = pytest.mark.skipif(fused_ff.library() is None,
@@ -156,3 +157,13 @@ def test_without_a_compiler_the_step_warns_once_and_stays_eager(one_thread, tmp_
         assert fused_ff.library() is None
     finally:
         fused_ff.library.cache_clear()
+
+
+def test_a_deployed_step_is_marked_in_its_own_thread_only():
+    seen = []
+    with deployed_step():
+        thread = threading.Thread(target=lambda: seen.append(in_deployed_step()))
+        thread.start()
+        thread.join()
+        assert in_deployed_step()
+    assert seen == [False] and not in_deployed_step()

@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,13 +22,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pna_speed import inner_step
+from pna_speed import inner_step_times
 from results_table import save_report
 
-from lightning_l2o import FFMetaOptimizer, PNAMetaOptimizer
 from lightning_l2o.allocator import keep_freed_memory
-from lightning_l2o.tasks import TaskSpec
-from lightning_l2o.unroll import InnerState
 
 SETTINGS = ("glibc defaults", "freed memory kept")
 
@@ -40,19 +35,8 @@ def child(setting: str, repeats: int) -> None:
         keep_freed_memory()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    rules = {"ff": FFMetaOptimizer(), "pna": PNAMetaOptimizer()}
-    states = {name: inner_step(rule, InnerState.start(TaskSpec(preset="17", horizon=1000), rule))
-              for name, rule in rules.items()}
-    times: dict[str, list[float]] = {name: [] for name in rules}
-    faults = dict.fromkeys(rules, 0)
-    for _ in range(repeats):
-        for name, rule in rules.items():
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
-            states[name] = inner_step(rule, states[name])
-            times[name].append(time.perf_counter() - start)
-            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    print(json.dumps({name: {"min": min(t), "median": statistics.median(t), "faults": faults[name] / repeats}
+    times, faults = inner_step_times("17", repeats, ("ff", "pna"))
+    print(json.dumps({name: {"min": min(t), "median": statistics.median(t), "faults": faults[name]}
                       for name, t in times.items()}))
 
 

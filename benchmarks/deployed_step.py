@@ -101,13 +101,13 @@ def first_update(rule: PerParameterOptimizer, model: nn.Module) -> Tensor:
     return new - params
 
 
-EAGER = ", eager"
-"""The suffix of the benchmarked rules that run without the compiled FF kernel."""
+BenchmarkedRule = tuple[PerParameterOptimizer, str | None, bool]
+"""A rule, the name of the rule its update is compared with (``None``: itself a reference), and whether it runs in
+PyTorch's eager mode, without the compiled FF kernel (:func:`run_eager`)."""
 
 
-def learned_rules(chunk_size: int, n: int) -> dict[str, tuple[PerParameterOptimizer, str | None]]:
-    """Each benchmarked rule and the name of the rule its update is compared with (``None``: itself a reference);
-    a name ending in :data:`EAGER` runs in PyTorch's eager mode (:func:`run_eager`)."""
+def learned_rules(chunk_size: int, n: int) -> dict[str, BenchmarkedRule]:
+    """Each benchmarked rule by name (see :data:`BenchmarkedRule`)."""
     torch.manual_seed(0)
     bases = {
         "ff kofinas (ff_fashion_mnist_task17)": load_meta_optimizer("pretrained:ff_fashion_mnist_task17"),
@@ -115,30 +115,31 @@ def learned_rules(chunk_size: int, n: int) -> dict[str, tuple[PerParameterOptimi
         "ff adam": FFMetaOptimizer(features="adam"),
         "lstm kofinas": LSTMMetaOptimizer(),
     }
-    rules: dict[str, tuple[PerParameterOptimizer, str | None]] = {}
+    rules: dict[str, BenchmarkedRule] = {}
     for name, rule in bases.items():
-        reference = rule.with_config(chunk_size=chunk_size)
-        rules[f"{name}, chunks of {chunk_size}"] = (reference, None)
-        if name.startswith("ff kofinas"):
-            rules[f"{name}, chunks of {chunk_size}{EAGER}"] = (reference, f"{name}, chunks of {chunk_size}")
-        if name.startswith(("ff kofinas", "lstm")):
-            eager = EAGER if name.startswith("ff kofinas") else ""  # the only rule with a compiled kernel
-            rules[f"{name}, one chunk{eager}"] = (rule.with_config(chunk_size=n), f"{name}, chunks of {chunk_size}")
+        reference_name, reference = f"{name}, chunks of {chunk_size}", rule.with_config(chunk_size=chunk_size)
+        rules[reference_name] = (reference, None, False)
+        compiled = name.startswith("ff kofinas")  # the only rule with a compiled kernel
+        if compiled:
+            rules[f"{reference_name}, eager"] = (reference, reference_name, True)
+        if compiled or name.startswith("lstm"):
+            rules[f"{name}, one chunk{', eager' if compiled else ''}"] = (rule.with_config(chunk_size=n),
+                                                                         reference_name, compiled)
             rules[f"{name}, bfloat16"] = (rule.with_config(chunk_size=chunk_size, network_dtype="bfloat16"),
-                                          f"{name}, chunks of {chunk_size}")
+                                          reference_name, False)
     return rules
 
 
-def run_eager(name: str, run: Callable[[], object]) -> Callable[[], object]:
-    """``run`` without the compiled FF kernel where ``name`` ends in :data:`EAGER`, else ``run`` itself."""
-    if not name.endswith(EAGER):
+def run_eager(eager: bool, run: Callable[[], object]) -> Callable[[], object]:
+    """``run`` without the compiled FF kernel if ``eager``, else ``run`` itself."""
+    if not eager:
         return run
 
-    def eager() -> object:
+    def without_kernel() -> object:
         with fused_kernels(False):
             return run()
 
-    return eager
+    return without_kernel
 
 
 @torch.no_grad()
@@ -200,11 +201,11 @@ def main() -> None:
         for kind in ("foreach", "fused")
     }
     optimizers["opt2vec"] = LearnedOptimizer(mlp(), Opt2Vec())
-    optimizers.update({name: LearnedOptimizer(mlp(), rule) for name, (rule, _) in rules.items()})
-    times = interleaved({name: run_eager(name, partial(optimizer.step,
-                                                       *((0.0,) if isinstance(optimizer, LearnedOptimizer) else ())))
+    optimizers.update({name: LearnedOptimizer(mlp(), rule) for name, (rule, _, _) in rules.items()})
+    times = interleaved({name: run_eager(name in rules and rules[name][2], partial(
+                             optimizer.step, *((0.0,) if isinstance(optimizer, LearnedOptimizer) else ())))
                          for name, optimizer in optimizers.items()}, args.repeats)  # a learned rule may read the loss
-    updates = {name: run_eager(name, partial(first_update, rule, mlp()))() for name, (rule, _) in rules.items()}
+    updates = {name: run_eager(eager, partial(first_update, rule, mlp()))() for name, (rule, _, eager) in rules.items()}
     adam = statistics.median(times["torch.optim.Adam (foreach)"])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
@@ -223,7 +224,7 @@ def main() -> None:
         best, median = min(samples), statistics.median(samples)
         cells = [name, "—", f"{1000 * best:.1f}", f"{1000 * median:.1f}", f"{median / adam:.3g}"] + ["—"] * 4
         if name in rules:
-            rule, reference = rules[name]
+            rule, reference, _ = rules[name]
             gflop = network_flops_per_coordinate(rule) * n / 1e9
             cells[1], cells[5], cells[6] = f"{gflop:.2f}", f"{gflop / best:.1f}", f"{100 * gflop / best / matmul:.0f} %"
             cells[7:] = ["— (reference)"] * 2

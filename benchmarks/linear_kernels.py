@@ -59,7 +59,6 @@ def matmul_gflops(repeats: int, size: int = MATMUL_SIZE) -> dict[str, float]:
     return {name: 2 * size**3 / min(t) / 1e9 for name, t in interleaved(runs, repeats).items()}
 
 
-
 def layer_products(repeats: int) -> dict[str, list[float]]:
     x, grad = torch.randn(COORDINATES, HIDDEN), torch.randn(COORDINATES, HIDDEN)
     weight, bias = torch.randn(HIDDEN, HIDDEN), torch.randn(HIDDEN)

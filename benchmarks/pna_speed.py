@@ -26,6 +26,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,17 +63,23 @@ def inner_step(rule: nn.Module, state: InnerState) -> InnerState:
     return result.state
 
 
-def inner_step_times(preset: str, repeats: int) -> dict[str, list[float]]:
+def inner_step_times(preset: str, repeats: int, names: tuple[str, ...] = tuple(RULES),
+                     ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds of each rule's inner steps, one of each per round after a warm-up step, and its minor page faults
+    per step."""
     spec = TaskSpec(preset=preset, horizon=1000)
-    rules = {name: cls() for name, cls in RULES.items()}
+    rules = {name: RULES[name]() for name in names}
     states = {name: inner_step(rule, InnerState.start(spec, rule)) for name, rule in rules.items()}  # warm-up
     times: dict[str, list[float]] = {name: [] for name in rules}
+    faults = dict.fromkeys(rules, 0)
     for _ in range(repeats):
         for name, rule in rules.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             states[name] = inner_step(rule, states[name])
             times[name].append(time.perf_counter() - start)
-    return times
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return times, {name: count / repeats for name, count in faults.items()}
 
 
 def peak_memory_child(name: str, preset: str, steps: int) -> None:
@@ -172,7 +179,7 @@ def main() -> None:
     lines = [f"torch {torch.__version__}, 1 CPU thread; times in ms as min / median", "",
              "| meta-training inner step | rule | ms | × FF (median) | added peak RSS (MiB) |", "|---|---|---|---|---|"]
     for preset in TASKS:
-        times = inner_step_times(preset, args.repeats if preset == "17" else args.wide_repeats)
+        times, _ = inner_step_times(preset, args.repeats if preset == "17" else args.wide_repeats)
         ff = statistics.median(times["ff"])
         for name, t in times.items():
             memory = peak_memory(name, preset, 3)

@@ -50,8 +50,8 @@ from results_table import save_report
 
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, LSTMMetaOptimizer, Opt2Vec
 from lightning_l2o.checkpoints import load_meta_optimizer
+from lightning_l2o.compiled_kernels import fused_kernels
 from lightning_l2o.meta_optimizers.base import deployed_step
-from lightning_l2o.meta_optimizers.fused_ff import fused_kernels
 from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, PerParameterOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace

@@ -8,9 +8,8 @@ features and the first layer in one C kernel and the output layer and the update
 (:func:`~lightning_l2o.meta_optimizers.linear.linear`). The results are the eager path's to float rounding (the
 momenta bit for bit; tests).
 
-The kernel is compiled on first use with the system's C compiler (``$CC``, default ``cc``; about a second) for
-this machine (``-march=native``) into ``$L2O_CACHE_DIR`` (default ``~/.cache/lightning_l2o``), once per source,
-compiler and CPU. Where it cannot be built, a warning says why and the step runs in eager mode.
+The kernel is compiled on first use (:mod:`lightning_l2o.compiled_kernels`: with ``$CC`` for this machine, cached
+in ``$L2O_CACHE_DIR``). Where it cannot be built, a warning says why and the step runs in eager mode.
 
 It serves deployed steps only (``LearnedOptimizer.step``, within
 :func:`~lightning_l2o.meta_optimizers.base.deployed_step`): meta-training records a graph, and meta-test keeps the
@@ -18,28 +17,21 @@ eager path, because 1000 steps of training amplify a difference in the last bits
 final accuracy that differs by about the seed-to-seed noise), and the harness's figures are to reproduce bit for bit. The step also stays eager for other feature sets,
 ``progress_features``, ``adam_lr``, ``network_dtype: bfloat16``, CUDA, and with more than one intra-op thread (the
 kernels run on one thread; set ``torch.set_num_threads(1)``, as the chunked step wants anyway).
-``L2O_FUSED_KERNELS=0`` or :func:`fused_kernels` (``False``) turns it off.
+``L2O_FUSED_KERNELS=0`` or :func:`~lightning_l2o.compiled_kernels.fused_kernels` (``False``) turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import math
-import os
-import platform
-import subprocess
-import tempfile
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from lightning_l2o import compiled_kernels
 from lightning_l2o.meta_optimizers.base import Info, State, in_deployed_step
 from lightning_l2o.meta_optimizers.features import KOFINAS_BETAS, LOG_SIGN_P, KofinasFeatures
 from lightning_l2o.meta_optimizers.linear import linear
@@ -48,67 +40,13 @@ if TYPE_CHECKING:
     from lightning_l2o.meta_optimizers.ff import FFMetaOptimizer
 
 SOURCE = Path(__file__).with_name("fused_ff.c")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC")
-_enabled = os.environ.get("L2O_FUSED_KERNELS", "1") != "0"
-
-
-@contextmanager
-def fused_kernels(enabled: bool) -> Iterator[None]:
-    """Within the block, the FF step uses the compiled kernel only if ``enabled`` (and it applies): for
-    comparisons with the eager path."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    try:
-        yield
-    finally:
-        _enabled = previous
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$L2O_CACHE_DIR``, else ``~/.cache/lightning_l2o``."""
-    return Path(os.environ.get("L2O_CACHE_DIR") or Path.home() / ".cache" / "lightning_l2o")
-
-
-def _cpu_flags() -> str:
-    try:
-        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
-
-
-def build(compiler: str | None = None) -> Path:
-    """Compile ``fused_ff.c`` for this machine (once; later calls find it in :func:`cache_dir`) and return the
-    library's path. Raises ``RuntimeError`` naming the compiler's complaint where it cannot be built."""
-    compiler = compiler or os.environ.get("CC", "cc")
-    libraries = ["-lmvec", "-lm"] if platform.system() == "Linux" and platform.machine() == "x86_64" else ["-lm"]
-    command = [compiler, *FLAGS, str(SOURCE), *libraries]
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *command, _cpu_flags()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"fused_ff-{key}.so"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
-        try:
-            result = subprocess.run([*command, "-o", str(built)], capture_output=True, text=True, timeout=120,
-                                    check=False)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise RuntimeError(f"cannot run the C compiler '{compiler}': {error}") from None
-        if result.returncode != 0:
-            raise RuntimeError(f"'{compiler}' failed to compile {SOURCE.name}: {result.stderr.strip()[-2000:]}")
-        os.replace(built, target)  # atomic: processes building at once (DDP ranks) each leave a whole file
-    return target
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels (built on first call), or ``None`` with a warning saying why they are unavailable."""
-    try:
-        lib = ctypes.CDLL(str(build()))
-    except (RuntimeError, OSError) as error:
-        warnings.warn(f"the FF step's compiled CPU kernel is unavailable ({error}); the step runs in PyTorch's eager "
-                      f"mode, about 1.5x slower. Install a C compiler (set $CC to it) to enable it, or set "
-                      f"L2O_FUSED_KERNELS=0 to silence this", stacklevel=2)
+    lib = compiled_kernels.load(SOURCE, "the FF step")
+    if lib is None:
         return None
     pointer, rows, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.ff_first_layer.argtypes = [rows, pointer, pointer, pointer, pointer, pointer, pointer, pointer, rows, real,
@@ -122,7 +60,7 @@ def library() -> ctypes.CDLL | None:
 def applies(rule: FFMetaOptimizer, params: Tensor, grads: Tensor, state: State) -> bool:
     """Whether :func:`fused_ff_step` computes this step: a deployed step with no graph to record, the ``kofinas``
     features with nothing added, float32, contiguous tensors on the CPU, one intra-op thread."""
-    if not (_enabled and in_deployed_step()):
+    if not (compiled_kernels.enabled() and in_deployed_step()):
         return False  # meta-training and meta-test: no further checks on their hot path
     momenta = state.get("momenta")
     tensors = (params, grads, momenta)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_l2o import FFMetaOptimizer, LearnedOptimizer
+from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, compiled_kernels
 from lightning_l2o.meta_optimizers import fused_ff
 from lightning_l2o.meta_optimizers.base import deployed_step, in_deployed_step
 from lightning_l2o.params import ParamLayout, ParamSpace
@@ -41,7 +41,7 @@ def step_inputs(rule: FFMetaOptimizer, n_in: int = 37, seed: int = 0):
 
 
 def step(rule, params, grads, state, space, fused: bool):
-    with torch.no_grad(), deployed_step(), fused_ff.fused_kernels(fused):
+    with torch.no_grad(), deployed_step(), compiled_kernels.fused_kernels(fused):
         assert fused_ff.applies(rule, params, grads, state) == fused
         return rule(params, grads, torch.tensor(0.0), state, space, rule.lr)
 
@@ -133,30 +133,21 @@ def test_more_than_one_thread_keeps_the_eager_step():
         torch.set_num_threads(threads)
 
 
-@needs_kernel
-def test_the_kernel_is_built_once_per_machine(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2O_CACHE_DIR", str(tmp_path))
-    first = fused_ff.build()
-    built_at = first.stat().st_mtime_ns
-    assert first.parent == tmp_path and fused_ff.build() == first and first.stat().st_mtime_ns == built_at
-    assert [path.name for path in tmp_path.iterdir()] == [first.name]  # no scratch left behind
-
-
 def test_without_a_compiler_the_step_warns_once_and_stays_eager(one_thread, tmp_path, monkeypatch):
     monkeypatch.setenv("L2O_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     fused_ff.library.cache_clear()
+    compiled_kernels.load.cache_clear()
     try:
-        with pytest.raises(RuntimeError, match="cannot run the C compiler .*no-such-cc"):
-            fused_ff.build()
         model = nn.Linear(5, 3)
         optimizer = LearnedOptimizer(model.parameters(), FFMetaOptimizer())
         model(torch.randn(4, 5)).square().sum().backward()
-        with pytest.warns(UserWarning, match="compiled CPU kernel is unavailable .* Install a C compiler"):
+        with pytest.warns(UserWarning, match="kernel for the FF step is unavailable .* Install a C compiler"):
             optimizer.step()
         assert fused_ff.library() is None
     finally:
         fused_ff.library.cache_clear()
+        compiled_kernels.load.cache_clear()
 
 
 def test_a_deployed_step_is_marked_in_its_own_thread_only():

@@ -14,6 +14,7 @@ from torch_geometric.nn.dense.linear import Linear
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.graphs import NeuralGraph
+from lightning_l2o.meta_optimizers.gnn import film_aggregation
 from lightning_l2o.meta_optimizers.linear import linear
 
 
@@ -62,8 +63,11 @@ class FiLMPNAConv(PNAConv):
     then ``x_i' = lin(post([x_i, aggregate_i]))`` as in ``PNAConv``. ``W [x_i, x_j]`` is computed per node
     and gathered per edge (it is linear), so only the FiLM projection runs per edge. Edge embeddings may come
     as ``edge_projection(edge_attr)`` (an :class:`EdgeUpdate`'s output); the projection is then folded into the
-    FiLM layer (:func:`compose`). Given ``target_ptr``, the CSR pointer of target-sorted edges, max and min
-    aggregate by segment wherever a gradient flows (:class:`SortedMaxAggregation`); mean and std stay fused by
+    FiLM layer (:func:`compose`). Given ``target_ptr``, the CSR pointer of target-sorted edges, the messages and
+    their mean / min / max / std run as one compiled kernel on the CPU
+    (:func:`~lightning_l2o.meta_optimizers.gnn.film_aggregation.film_aggregate`: the same values, one pass over the
+    edges each way) with the identity and amplification scalers; elsewhere, or if it is unavailable, max and min
+    aggregate by segment wherever a gradient flows (:class:`SortedMaxAggregation`) and mean and std stay fused by
     ``index``.
 
     Args:
@@ -83,6 +87,8 @@ class FiLMPNAConv(PNAConv):
         aggregations = [SORTED_AGGREGATIONS[name]() if name in SORTED_AGGREGATIONS else name for name in aggregators]
         super().__init__(channels, channels, aggregations, list(scalers), deg, edge_dim=None, towers=1)
         self.film = Linear(channels, 2 * channels)
+        fusable = set(aggregators) <= set(film_aggregation.STATS) and set(scalers) <= {"identity", "amplification"}
+        self.stat_rows = [film_aggregation.STATS.index(name) for name in aggregators] if fusable else None
         self.film.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -98,9 +104,22 @@ class FiLMPNAConv(PNAConv):
         weight_target, weight_source = pre.weight.split(self.F_in, dim=1)
         target, source = F.linear(x, weight_target, pre.bias), F.linear(x, weight_source)
         film = linear(edge_attr, *compose(self.film, edge_projection))
-        # propagate_type: (target: Tensor, source: Tensor, film: Tensor, target_ptr: Optional[Tensor])
-        aggregated = self.propagate(edge_index, target=target, source=source, film=film, target_ptr=target_ptr)
+        if self.stat_rows is not None and film_aggregation.applies(target, film, target_ptr):
+            aggregated = self.film_aggregate(target, source, film, edge_index, target_ptr)
+        else:
+            # propagate_type: (target: Tensor, source: Tensor, film: Tensor, target_ptr: Optional[Tensor])
+            aggregated = self.propagate(edge_index, target=target, source=source, film=film, target_ptr=target_ptr)
         return self.lin(self.post_nns[0](torch.cat([x, aggregated], dim=-1)))
+
+    def film_aggregate(self, target: Tensor, source: Tensor, film: Tensor, edge_index: Tensor, target_ptr: Tensor,
+                       ) -> Tensor:
+        """``propagate``'s result through the compiled kernel: the aggregations, then the degree scalers as
+        :class:`~torch_geometric.nn.aggr.DegreeScalerAggregation` applies them."""
+        stats = film_aggregation.film_aggregate(target, source, film, target_ptr, edge_index[0])
+        out = stats[:, self.stat_rows].flatten(1)
+        degree = target_ptr.diff().to(out.dtype)[:, None]
+        return torch.cat([out if scaler == "identity" else out * (torch.log(degree + 1) / self.aggr_module.avg_deg_log)
+                          for scaler in self.aggr_module.scaler], dim=-1)
 
     def message(self, target_i: Tensor, source_j: Tensor, film: Tensor) -> Tensor:  # type: ignore[override]
         scale, shift = film.chunk(2, dim=-1)

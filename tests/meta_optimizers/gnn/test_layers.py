@@ -3,10 +3,12 @@ by segment over target-sorted edges equal torch_geometric's scatter."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn.dense.linear import Linear
 
+from lightning_l2o.compiled_kernels import fused_kernels
 from lightning_l2o.meta_optimizers.gnn import EdgeUpdate, FiLMPNAConv, degree_histogram
 from lightning_l2o.meta_optimizers.gnn.layers import compose
 
@@ -33,7 +35,8 @@ def test_conv_and_edge_update_fold_the_projection_of_their_edge_inputs():
     assert not torch.allclose(conv(x, edge_index, hidden), conv(x, edge_index, projected))
 
 
-def test_conv_on_target_sorted_edges_with_their_pointer_equals_scatter_in_value_and_gradient():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled kernel", "eager"])
+def test_conv_on_target_sorted_edges_with_their_pointer_equals_scatter_in_value_and_gradient(compiled):
     torch.manual_seed(0)
     channels, num_nodes, num_edges = 8, 9, 40
     edge_index = torch.randint(0, num_nodes, (2, num_edges))
@@ -54,11 +57,14 @@ def test_conv_on_target_sorted_edges_with_their_pointer_equals_scatter_in_value_
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         return [out.detach(), *(t.grad for t in inputs), *(p.grad.clone() for p in conv.parameters())]
 
-    for by_segment, by_scatter in zip(value_and_gradients(True), value_and_gradients(False), strict=True):
+    with fused_kernels(compiled):
+        by_pointer = value_and_gradients(True)
+    for by_segment, by_scatter in zip(by_pointer, value_and_gradients(False), strict=True):
         torch.testing.assert_close(by_segment, by_scatter)
     moved = ptr.clone()
-    moved[1:-1] += 1  # segments one edge off: with a gradient to compute, max / min read the pointer
+    moved[1:-1] += 1  # segments one edge off: with a gradient to compute, the aggregation reads the pointer
     sorted_inputs = x.requires_grad_(), edge_index[:, order], edge_attr[order]
-    assert not torch.allclose(conv(*sorted_inputs, target_ptr=moved), conv(*sorted_inputs, target_ptr=ptr))
-    with torch.no_grad():  # without one (a deployed step), scatter's faster forward runs
+    with fused_kernels(compiled):
+        assert not torch.allclose(conv(*sorted_inputs, target_ptr=moved), conv(*sorted_inputs, target_ptr=ptr))
+    with torch.no_grad(), fused_kernels(False):  # the eager path without one (a deployed step) runs by scatter
         torch.testing.assert_close(conv(*sorted_inputs, target_ptr=moved), conv(*sorted_inputs, target_ptr=ptr))

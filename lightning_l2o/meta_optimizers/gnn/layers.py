@@ -14,7 +14,7 @@ from torch_geometric.nn.dense.linear import Linear
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.graphs import NeuralGraph
-from lightning_l2o.meta_optimizers.gnn import film_aggregation
+from lightning_l2o.meta_optimizers.gnn import message_passing
 from lightning_l2o.meta_optimizers.linear import linear
 
 
@@ -65,7 +65,7 @@ class FiLMPNAConv(PNAConv):
     as ``edge_projection(edge_attr)`` (an :class:`EdgeUpdate`'s output); the projection is then folded into the
     FiLM layer (:func:`compose`). Given ``target_ptr``, the CSR pointer of target-sorted edges, the messages and
     their mean / min / max / std run as one compiled kernel on the CPU
-    (:func:`~lightning_l2o.meta_optimizers.gnn.film_aggregation.film_aggregate`: the same values, one pass over the
+    (:func:`~lightning_l2o.meta_optimizers.gnn.message_passing.film_aggregate`: the same values, one pass over the
     edges each way) with the identity and amplification scalers; elsewhere, or if it is unavailable, max and min
     aggregate by segment wherever a gradient flows (:class:`SortedMaxAggregation`) and mean and std stay fused by
     ``index``.
@@ -87,8 +87,8 @@ class FiLMPNAConv(PNAConv):
         aggregations = [SORTED_AGGREGATIONS[name]() if name in SORTED_AGGREGATIONS else name for name in aggregators]
         super().__init__(channels, channels, aggregations, list(scalers), deg, edge_dim=None, towers=1)
         self.film = Linear(channels, 2 * channels)
-        fusable = set(aggregators) <= set(film_aggregation.STATS) and set(scalers) <= {"identity", "amplification"}
-        self.stat_rows = [film_aggregation.STATS.index(name) for name in aggregators] if fusable else None
+        fusable = set(aggregators) <= set(message_passing.STATS) and set(scalers) <= {"identity", "amplification"}
+        self.stat_rows = [message_passing.STATS.index(name) for name in aggregators] if fusable else None
         self.film.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -104,7 +104,7 @@ class FiLMPNAConv(PNAConv):
         weight_target, weight_source = pre.weight.split(self.F_in, dim=1)
         target, source = F.linear(x, weight_target, pre.bias), F.linear(x, weight_source)
         film = linear(edge_attr, *compose(self.film, edge_projection))
-        if self.stat_rows is not None and film_aggregation.applies(target, film, target_ptr):
+        if self.stat_rows is not None and target_ptr is not None and message_passing.applies(target, source, film):
             aggregated = self.film_aggregate(target, source, film, edge_index, target_ptr)
         else:
             # propagate_type: (target: Tensor, source: Tensor, film: Tensor, target_ptr: Optional[Tensor])
@@ -115,7 +115,7 @@ class FiLMPNAConv(PNAConv):
                        ) -> Tensor:
         """``propagate``'s result through the compiled kernel: the aggregations, then the degree scalers as
         :class:`~torch_geometric.nn.aggr.DegreeScalerAggregation` applies them."""
-        stats = film_aggregation.film_aggregate(target, source, film, target_ptr, edge_index[0])
+        stats = message_passing.film_aggregate(target, source, film, target_ptr, edge_index[0])
         out = stats[:, self.stat_rows].flatten(1)
         degree = target_ptr.diff().to(out.dtype)[:, None]
         return torch.cat([out if scaler == "identity" else out * (torch.log(degree + 1) / self.aggr_module.avg_deg_log)
@@ -132,7 +132,8 @@ class FiLMPNAConv(PNAConv):
 
 
 class EdgeUpdate(nn.Module):
-    """``e' = lin_out(h)``, ``h = silu(W_e e + W_s x_source + W_t x_target)``; the node terms run per node.
+    """``e' = lin_out(h)``, ``h = silu(W_e e + W_s x_source + W_t x_target)``; the node terms run per node and are
+    added to the edges' in one pass (:func:`~lightning_l2o.meta_optimizers.gnn.message_passing.add_node_terms`).
 
     ``forward`` returns ``h``: the affine ``lin_out`` is left to the consumers of ``e'``, which fold it into
     their own first product (:func:`compose`), one product per edge fewer. ``e`` itself may come as
@@ -156,9 +157,8 @@ class EdgeUpdate(nn.Module):
             lin.reset_parameters()
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_projection: Linear | None = None) -> Tensor:
-        source, target = edge_index
         hidden = linear(edge_attr, *compose(self.lin_edge, edge_projection))
-        return F.silu(hidden + self.lin_source(x)[source] + self.lin_target(x)[target])
+        return F.silu(message_passing.add_node_terms(hidden, self.lin_source(x), self.lin_target(x), edge_index))
 
 
 class LayerPositionEmbedding(nn.Module):

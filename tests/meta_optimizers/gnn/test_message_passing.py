@@ -1,5 +1,5 @@
-"""The compiled FiLM aggregation: bit for bit the eager layer's values, its gradients to float rounding (ties,
-NaN and nodes without messages included), used wherever it applies and nowhere else."""
+"""The compiled message-passing kernels: bit for bit the eager layers' values, their gradients to float rounding
+(ties, NaN and nodes without messages included), used wherever they apply and nowhere else."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from torch import Tensor
 
 from lightning_l2o import PNAMetaOptimizer
 from lightning_l2o.compiled_kernels import fused_kernels
-from lightning_l2o.meta_optimizers.gnn import FiLMPNAConv, degree_histogram, film_aggregation
+from lightning_l2o.meta_optimizers.gnn import EdgeUpdate, FiLMPNAConv, degree_histogram, message_passing
 from lightning_l2o.params import ParamLayout, ParamSpace
 from lightning_l2o.tasks.classifier import ConvNet
 
-pytestmark = pytest.mark.skipif(film_aggregation.library() is None,
+pytestmark = pytest.mark.skipif(message_passing.library() is None,
                                 reason="the compiled kernel cannot be built here (see the warning: no C compiler?)")
 
 
@@ -92,8 +92,8 @@ def test_nan_propagates_as_in_the_eager_layer():
 
 def test_the_kernel_runs_where_it_applies_and_the_eager_path_elsewhere(monkeypatch):
     calls = []
-    kernel = film_aggregation.film_aggregate
-    monkeypatch.setattr(film_aggregation, "film_aggregate", lambda *args: calls.append(1) or kernel(*args))
+    kernel = message_passing.film_aggregate
+    monkeypatch.setattr(message_passing, "film_aggregate", lambda *args: calls.append(1) or kernel(*args))
     edge_index, ptr = sorted_graph()
     x, edge_attr = torch.randn(9, 8), torch.randn(40, 8)
     small_conv()(x, edge_index, edge_attr, target_ptr=ptr)
@@ -134,3 +134,28 @@ def test_pna_on_a_cnn_s_graph_gives_the_eager_update_bit_for_bit():
         updates.append(torch.cat([p.grad.flatten() for p in rule.parameters() if p.grad is not None]))
     assert torch.equal(updates[0].detach(), updates[2].detach())
     torch.testing.assert_close(updates[1], updates[3], rtol=1e-4, atol=1e-6)
+
+
+def test_an_edge_update_s_node_terms_are_the_eager_sum_bit_for_bit_with_its_gradients():
+    edge_index, _ = sorted_graph()
+    torch.manual_seed(2)
+    update = EdgeUpdate(8)
+    x, edge_attr = torch.randn(9, 8), torch.randn(40, 8)
+    results = []
+    for compiled in (True, False):
+        update.zero_grad()
+        inputs = x.clone().requires_grad_(), edge_attr.clone().requires_grad_()
+        with fused_kernels(compiled):
+            out = update(*inputs[:1], edge_index, inputs[1])
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach(), *(t.grad for t in inputs), *(p.grad.clone() for p in update.parameters()
+                                                                    if p.grad is not None)])
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1:], results[1][1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_node_terms_of_nodes_that_do_not_exist_are_refused():
+    edge, terms = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="edge_index must join the 5 nodes"):
+        message_passing.add_node_terms(edge, terms, terms, torch.tensor([[0, 1, 5], [1, 2, 3]]))

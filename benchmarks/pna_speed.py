@@ -4,19 +4,21 @@
 
 1. Meta-training inner step (the reference's one-step lookahead on the same batch, parameters detached after
    the step: the optimizee's forward and backward, the rule's forward, the lookahead loss and the backward
-   through the rule) on task 17 and on ``fashion_mnist-width128``; FF, PNA and PNA with a 2-layer read-out
-   (``head_layers=2``, not the reference's 8: what a shallower read-out buys) interleaved in one process,
-   min / median over repeats. The process keeps freed memory for reuse, as ``fit`` does
+   through the rule) on task 17 and on ``fashion_mnist-width128``; FF, PNA, PNA with its message passing in
+   PyTorch's eager mode (without the compiled kernels of ``gnn/message_passing.py``: what they buy) and PNA with a
+   2-layer read-out (``head_layers=2``, not the reference's 8: what a shallower read-out buys) interleaved in one
+   process, min / median over repeats. The process keeps freed memory for reuse, as ``fit`` does
    (:func:`lightning_l2o.allocator.keep_freed_memory`).
 2. Peak memory of those inner steps: each (rule, task) in a fresh subprocess, the peak RSS during the steps
    (``VmHWM``, reset through ``/proc/self/clear_refs`` once imports, the task and the rule are built) minus the
    RSS at that point.
-3. Deployed ``optimizer.step()`` on a 1.07M-parameter MLP (784-1024-256-10), FF and PNA against
-   ``torch.optim.Adam``.
+3. Deployed ``optimizer.step()`` on a 1.07M-parameter MLP (784-1024-256-10), FF and PNA (with and without the
+   compiled message passing) against ``torch.optim.Adam``.
 4. FLOPs of the rule's forward and backward on task 17 (``torch.utils.flop_counter``), divided by its time:
    achieved GFLOP/s, beside this machine's fp32 matmul GFLOP/s (``linear_kernels.matmul_gflops``).
-5. One ``FiLMPNAConv`` layer's forward and backward on task 17's graph, its max / min aggregated by segment over
-   the target-sorted edges (as PNA runs it) against by torch_geometric's ``scatter`` (no ``target_ptr``).
+5. One ``FiLMPNAConv`` layer's forward and backward on task 17's graph: through the compiled kernel (as PNA runs
+   it), in eager mode with max / min aggregated by segment over the target-sorted edges, and in eager mode by
+   torch_geometric's ``scatter`` (no ``target_ptr``).
 Writes ``benchmarks/results/pna_speed.md``.
 """
 
@@ -31,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -45,14 +48,22 @@ from results_table import min_median_ms, save_report
 
 from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer
 from lightning_l2o.allocator import keep_freed_memory
+from lightning_l2o.compiled_kernels import fused_kernels
 from lightning_l2o.meta_optimizers.linear import onednn
 from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, unroll
 
-RULES = {"ff": FFMetaOptimizer, "pna": PNAMetaOptimizer,
+EAGER_PNA = "pna, eager message passing"
+RULES = {"ff": FFMetaOptimizer, "pna": PNAMetaOptimizer, EAGER_PNA: PNAMetaOptimizer,
          "pna, head_layers=2": functools.partial(PNAMetaOptimizer, head_layers=2)}
-"""FF, PNA in the reference setting (a read-out of 8 hidden layers per parameter) and, for the trade-off, PNA with
-a 2-layer read-out, which departs from the reference."""
+"""FF, PNA in the reference setting (a read-out of 8 hidden layers per parameter), the same PNA with the compiled
+kernels off (:data:`EAGER_PNA`) and, for the trade-off, PNA with a 2-layer read-out, which departs from the
+reference."""
+
+
+def kernels_for(name: str) -> AbstractContextManager[None]:
+    """The compiled kernels on for every rule but :data:`EAGER_PNA`."""
+    return fused_kernels(name != EAGER_PNA)
 TASKS = ("17", "fashion_mnist-width128")
 
 
@@ -69,15 +80,19 @@ def inner_step_times(preset: str, repeats: int, names: tuple[str, ...] = tuple(R
     per step."""
     spec = TaskSpec(preset=preset, horizon=1000)
     rules = {name: RULES[name]() for name in names}
-    states = {name: inner_step(rule, InnerState.start(spec, rule)) for name, rule in rules.items()}  # warm-up
+    states = {}
+    for name, rule in rules.items():  # warm-up
+        with kernels_for(name):
+            states[name] = inner_step(rule, InnerState.start(spec, rule))
     times: dict[str, list[float]] = {name: [] for name in rules}
     faults = dict.fromkeys(rules, 0)
     for _ in range(repeats):
         for name, rule in rules.items():
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
-            states[name] = inner_step(rule, states[name])
-            times[name].append(time.perf_counter() - start)
+            with kernels_for(name):
+                start = time.perf_counter()
+                states[name] = inner_step(rule, states[name])
+                times[name].append(time.perf_counter() - start)
             faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     return times, {name: count / repeats for name, count in faults.items()}
 
@@ -88,8 +103,9 @@ def peak_memory_child(name: str, preset: str, steps: int) -> None:
     state = InnerState.start(TaskSpec(preset=preset, horizon=1000), rule)
     baseline = _status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from the current RSS
-    for _ in range(steps):
-        state = inner_step(rule, state)
+    with kernels_for(name):
+        for _ in range(steps):
+            state = inner_step(rule, state)
     print(json.dumps({"baseline_mib": baseline, "added_mib": _status_mib("VmHWM") - baseline}))
 
 
@@ -110,14 +126,16 @@ def deployed_step_times(repeats: int) -> tuple[int, dict[str, list[float]]]:
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     optimizers = {"torch.optim.Adam": torch.optim.Adam(model.parameters(), lr=1e-3),
-                  "ff": LearnedOptimizer(model, FFMetaOptimizer()), "pna": LearnedOptimizer(model, PNAMetaOptimizer())}
+                  "ff": LearnedOptimizer(model, FFMetaOptimizer()), "pna": LearnedOptimizer(model, PNAMetaOptimizer()),
+                  EAGER_PNA: LearnedOptimizer(model, PNAMetaOptimizer())}
     times: dict[str, list[float]] = {name: [] for name in optimizers}
     for i in range(repeats + 1):
         for name, optimizer in optimizers.items():
-            start = time.perf_counter()
-            optimizer.step(0.0) if isinstance(optimizer, LearnedOptimizer) else optimizer.step()
-            if i:
-                times[name].append(time.perf_counter() - start)
+            with kernels_for(name):
+                start = time.perf_counter()
+                optimizer.step(0.0) if isinstance(optimizer, LearnedOptimizer) else optimizer.step()
+                if i:
+                    times[name].append(time.perf_counter() - start)
     return sum(p.numel() for p in model.parameters()), times
 
 
@@ -132,9 +150,10 @@ def rule_gflops(repeats: int) -> dict[str, tuple[float, list[float]]]:
     for name, cls in RULES.items():
         rule = cls()
 
-        def run(rule=rule) -> None:
-            outputs, _ = rule.network_step(features, {}, space)
-            outputs.sum().backward()
+        def run(rule=rule, name=name) -> None:
+            with kernels_for(name):
+                outputs, _ = rule.network_step(features, {}, space)
+                outputs.sum().backward()
 
         run()
         with onednn(False), FlopCounterMode(display=False) as counter:
@@ -149,16 +168,20 @@ def rule_gflops(repeats: int) -> dict[str, tuple[float, list[float]]]:
 
 
 def conv_layer_times(repeats: int) -> dict[str, list[float]]:
-    """One message-passing layer (hid 64) on task 17's graph, forward + backward: by segment and by scatter."""
+    """One message-passing layer (hid 64) on task 17's graph, forward + backward: through the compiled kernel, and
+    in eager mode by segment and by scatter."""
     graph = InnerState.start(TaskSpec(preset="17"), RULES["ff"]()).task.space.require_graph("pna_speed")
     conv = PNAMetaOptimizer().network.convs[0]
     edge_index, ptr = graph.bidirectional_edge_index, graph.bidirectional_ptr
     x, edge_attr = torch.randn(graph.num_nodes, 64), torch.randn(edge_index.shape[1], 64)
-    def run(target_ptr: torch.Tensor | None) -> None:
-        conv(x.clone().requires_grad_(), edge_index, edge_attr.clone().requires_grad_(),
-             target_ptr=target_ptr).sum().backward()
+    def run(target_ptr: torch.Tensor | None, compiled: bool) -> None:
+        with fused_kernels(compiled):
+            conv(x.clone().requires_grad_(), edge_index, edge_attr.clone().requires_grad_(),
+                 target_ptr=target_ptr).sum().backward()
 
-    return interleaved({"max / min by segment": lambda: run(ptr), "max / min by scatter": lambda: run(None)}, repeats)
+    return interleaved({"compiled kernel": lambda: run(ptr, True),
+                        "eager, max / min by segment": lambda: run(ptr, False),
+                        "eager, max / min by scatter": lambda: run(None, False)}, repeats)
 
 
 

@@ -30,7 +30,7 @@ from lightning_l2o import compiled_kernels
 
 SOURCE = Path(__file__).with_name("message_passing.c")
 STATS = ("mean", "min", "max", "std")
-"""The aggregations the kernel computes, in the order of its output's second dimension."""
+"""The aggregations :func:`film_aggregate` returns, in the order of its output's second dimension."""
 
 
 @functools.cache
@@ -58,7 +58,7 @@ class _FiLMAggregate(torch.autograd.Function):
     def forward(ctx: FunctionCtx, target: Tensor, source: Tensor, film: Tensor, ptr: Tensor, source_index: Tensor,
                 ) -> Tensor:
         target, source, film = target.contiguous(), source.contiguous(), film.contiguous()
-        ptr, source_index = ptr.contiguous(), source_index.contiguous()
+        ptr, source_index = ptr.to(torch.int64).contiguous(), source_index.to(torch.int64).contiguous()
         nodes, channels = target.shape
         stats, ties = target.new_empty(nodes, len(STATS), channels), target.new_empty(nodes, 2, channels)
         library().film_aggregate_forward(nodes, channels, target.data_ptr(), source.data_ptr(), film.data_ptr(),
@@ -123,7 +123,7 @@ class _AddNodeTerms(torch.autograd.Function):
     def forward(ctx: FunctionCtx, edge: Tensor, source_term: Tensor, target_term: Tensor, edge_index: Tensor,
                 ) -> Tensor:
         edge, source_term, target_term = edge.contiguous(), source_term.contiguous(), target_term.contiguous()
-        source_index, target_index = edge_index.contiguous()
+        source_index, target_index = edge_index.to(torch.int64).contiguous()
         out = torch.empty_like(edge)
         library().add_node_terms_forward(len(edge), edge.shape[1], edge.data_ptr(), source_term.data_ptr(),
                                          target_term.data_ptr(), source_index.data_ptr(), target_index.data_ptr(),

@@ -69,7 +69,8 @@ def applies(rule: FFMetaOptimizer, params: Tensor, grads: Tensor, state: State) 
     return (not records_graph and type(rule.features) is KofinasFeatures and rule.adam is None
             and rule.network_dtype == torch.float32 and len(params) > 0 and torch.get_num_threads() == 1
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
-            and state.keys() == {"momenta"} and library() is not None)
+            and state.keys() == {"momenta"} and momenta.shape == (len(params), len(KOFINAS_BETAS))
+            and grads.shape == params.shape and library() is not None)
 
 
 def fused_ff_step(rule: FFMetaOptimizer, params: Tensor, grads: Tensor, state: State, lr: float | Tensor,

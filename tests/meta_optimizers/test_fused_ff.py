@@ -121,6 +121,16 @@ def test_other_rules_keep_the_eager_step(one_thread, variant):
         assert not fused_ff.applies(rule, params, grads, state)
 
 
+def test_tensors_the_kernel_would_misread_keep_the_eager_step(one_thread):
+    rule = FFMetaOptimizer()
+    params, grads, state, _ = step_inputs(rule)
+    with torch.no_grad(), deployed_step():
+        assert fused_ff.applies(rule, params, grads, state) == (fused_ff.library() is not None)
+        assert not fused_ff.applies(rule, params, grads, {"momenta": state["momenta"][:-1]})
+        assert not fused_ff.applies(rule, params, grads, {"momenta": state["momenta"][:, :4].contiguous()})
+        assert not fused_ff.applies(rule, params, grads[:-1], state)
+
+
 def test_more_than_one_thread_keeps_the_eager_step():
     rule = FFMetaOptimizer()
     params, grads, state, _ = step_inputs(rule)

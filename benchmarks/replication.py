@@ -3,6 +3,8 @@
     python benchmarks/replication.py fit --outer-steps 300      # the methods in parallel, one CPU thread each
     python benchmarks/replication.py fit --methods pna --outer-steps 200
     python benchmarks/replication.py report                     # task 17 and width / depth presets
+    python benchmarks/replication.py report --pretrained        # the same for the optimizers shipped in the package
+    python benchmarks/replication.py generalization --reports NAME [NAME ...]   # paired differences across presets
 
 ``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm,pna}.yaml`` with the reference schedule
 (100 inner steps per outer step, one-step lookahead on the same batch, Adam 3e-4 with weight decay 1e-4,
@@ -14,12 +16,18 @@ validation seeds, then task 17 and the FashionMNIST width-8 and depth-1 presets 
 minutes per run on a CPU: add them with ``--presets``). Datasets are read from ``$L2O_DATA_DIR``
 (default ``../shared/data``). Results go to ``benchmarks/results/replication/``; every report keeps its runs in
 ``benchmarks/results/replication/runs`` (one shared folder): a killed report resumes where it stopped, and a report
-that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint.
+that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint. ``--pretrained`` evaluates
+the shipped ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the
+paired differences to tuned Adam of one or more reports (e.g. reports with different test seeds) into
+``<first report>/generalization.{md,png}``: one row per preset, and test accuracy against width and against depth.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +39,7 @@ OUT = REPO / "benchmarks" / "results" / "replication"
 METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture (PES on a task mixture) runs when named
 CONFIGS = (*METHODS, "ff_mixture")
 TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
+PRETRAINED = "{method}_fashion_mnist_task17"  # the shipped optimizers meta-trained on task 17
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -77,12 +86,13 @@ def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int,
 
 def report(
     methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
-    name: str, baselines: list[str], runs: list[str],
+    name: str, baselines: list[str], runs: list[str], pretrained: bool,
 ) -> None:
+    checkpoints = _pretrained(methods) if pretrained else _checkpoints(methods, runs)
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
-           "--checkpoints", str(_checkpoints(methods, runs)), "--cache_dir", str(OUT / "runs")]
+           "--checkpoints", str(checkpoints), "--cache_dir", str(OUT / "runs")]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, env=_env(1), check=True)
 
@@ -96,6 +106,107 @@ def _checkpoints(methods: list[str], runs: list[str]) -> dict[str, str | list[st
     for method, paths in found.items():
         print(f"{method}: {len(paths)} meta-training run(s): {paths}", flush=True)
     return {m: paths if len(paths) > 1 else paths[0] for m, paths in found.items()}
+
+
+def _pretrained(methods: list[str]) -> dict[str, str]:
+    """``pretrained:<name>`` of each method's shipped optimizer meta-trained on task 17."""
+    from lightning_l2o.checkpoints import PRETRAINED_PREFIX
+    from lightning_l2o.pretrained import list_pretrained
+
+    missing = [m for m in methods if PRETRAINED.format(method=m) not in list_pretrained()]
+    if missing:
+        raise SystemExit(f"no shipped optimizer for {missing} (shipped: {list_pretrained()}); drop them from --methods")
+    return {m: PRETRAINED_PREFIX + PRETRAINED.format(method=m) for m in methods}
+
+
+def preset_axes(architecture: str) -> dict[str, int]:
+    """Where a FashionMNIST-style preset lies on the width and depth axes: ``{"width": 16}`` for ``*-width16``,
+    ``{"depth": 2}`` for ``*-depth2``, both for the reference CNN (``width32`` is ``depth3``); ``{}`` otherwise."""
+    from lightning_l2o.tasks.presets import DEPTH_CHANNELS, PRESETS
+
+    channels = PRESETS.get(architecture, {}).get("arch", {}).get("channels")
+    if channels is None:
+        return {}
+    axes = {"width": channels[0]} if channels == [channels[0], 2 * channels[0], 2 * channels[0]] else {}
+    if channels == list(DEPTH_CHANNELS[: len(channels)]):
+        axes["depth"] = len(channels)
+    return axes
+
+
+def preset_parameters(architecture: str, in_channels: int = 1, classes: int = 10) -> int:
+    """Parameters of a preset CNN: its 3x3 convolutions with biases and the linear classifier."""
+    from lightning_l2o.tasks.presets import PRESETS
+
+    widths = [in_channels, *PRESETS[architecture]["arch"]["channels"]]
+    return sum(9 * c_in * c_out + c_out for c_in, c_out in itertools.pairwise(widths)) + (widths[-1] + 1) * classes
+
+
+def generalization(reports: list[str]) -> None:
+    """One table and one figure of every learned method's paired difference to tuned Adam on each preset of
+    ``reports`` (a preset in several reports: the last one's rows)."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for name in reports:
+        path = OUT / name / "paired.csv"
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: run `report --name {name}` (with adam among --baselines) first")
+        with path.open() as f:
+            rows.update({(r["architecture"], r["method"]): r for r in csv.DictReader(f) if r["meta_seeds"] == "1"})
+    architectures = sorted({a for a, _ in rows}, key=preset_parameters)
+    methods = list(dict.fromkeys(m for _, m in rows))
+    lines = ["| preset | parameters | seeds | Adam (tuned) | " + " | ".join(f"{m}: Δ (pp) [95 % CI]" for m in methods)
+             + " |", "|---" * (4 + len(methods)) + "|"]
+    for a in architectures:
+        found = [rows[(a, m)] for m in methods if (a, m) in rows]
+        cells = [a, f"{preset_parameters(a):,}", found[0]["pairs"], f"{float(found[0]['reference_accuracy_pct']):.1f}"]
+        cells += [_difference(rows.get((a, m))) for m in methods]
+        lines.append("| " + " | ".join(cells) + " |")
+    out = OUT / reports[0]
+    (out / "generalization.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot_generalization(rows, methods, out / "generalization.png")
+    print(f"written: {out / 'generalization.md'}, {out / 'generalization.png'}")
+
+
+def _difference(row: dict[str, str] | None) -> str:
+    if row is None:
+        return "—"
+    diff, low, high = (float(row[f"accuracy_pct_{k}"]) for k in ("diff", "ci_low", "ci_high"))
+    interval = f" [{low:+.1f}, {high:+.1f}] {row['accuracy_pct_verdict']}" if math.isfinite(low) else ""
+    return f"{diff:+.1f}{interval}"
+
+
+def _plot_generalization(rows: dict[tuple[str, str], dict[str, str]], methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, panels = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for panel, axis in zip(panels, ("width", "depth")):
+        for i, method in enumerate(methods):
+            points = sorted((preset_axes(a)[axis], r) for (a, m), r in rows.items()
+                            if m == method and axis in preset_axes(a))
+            if not points:
+                continue
+            shift = i - (len(methods) - 1) / 2  # methods side by side around each preset
+            x = [p * 1.04**shift if axis == "width" else p + 0.08 * shift for p, _ in points]
+            diff, low, high = ([float(r[f"accuracy_pct_{k}"]) for _, r in points] for k in ("diff", "ci_low", "ci_high"))
+            below = [d - lo if math.isfinite(lo) else 0.0 for d, lo in zip(diff, low)]
+            above = [hi - d if math.isfinite(hi) else 0.0 for d, hi in zip(diff, high)]
+            panel.errorbar(x, diff, yerr=[below, above], marker="o", capsize=3, label=method)
+        panel.axhline(0, color="black", linewidth=0.8)
+        if axis == "width":
+            panel.set_xscale("log", base=2)
+            panel.axvline(16, color="grey", linestyle=":", label="meta-training width (task 17)")
+        panel.set_xlabel(f"CNN {axis} ({'first-layer channels' if axis == 'width' else 'conv layers'})")
+        panel.grid(alpha=0.3)
+    panels[0].set_ylabel("Δ test accuracy vs tuned Adam (pp)")
+    panels[0].legend(fontsize=8)
+    fig.suptitle("Paired difference to tuned Adam, 95 % CI (no bar: one seed)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -122,13 +233,21 @@ def main() -> None:
     report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
     report_parser.add_argument("--name", default="report", help="output folder under benchmarks/results/replication")
     report_parser.add_argument("--baselines", nargs="+", default=["adam", "adamw", "sgd_momentum"])
+    report_parser.add_argument("--pretrained", action="store_true",
+                               help="evaluate the optimizers shipped in the package (<method>_fashion_mnist_task17) "
+                                    "instead of --runs")
+    generalization_parser = sub.add_parser("generalization")
+    generalization_parser.add_argument("--reports", nargs="+", required=True,
+                                       help="report folders under benchmarks/results/replication (written by report)")
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every)
+    elif args.stage == "generalization":
+        generalization(args.reports)
     else:
         report(
             args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
-            args.runs,
+            args.runs, args.pretrained,
         )
 
 

@@ -18,7 +18,7 @@ minutes per run on a CPU: add them with ``--presets``). Datasets are read from `
 ``benchmarks/results/replication/runs`` (one shared folder): a killed report resumes where it stopped, and a report
 that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint. ``--pretrained`` evaluates
 the shipped ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the
-paired differences to tuned Adam of one or more reports (e.g. reports with different test seeds) into
+paired differences to tuned Adam of one or more reports (or of chosen methods and meta-seeds in them) into
 ``<first report>/generalization.{md,png}``: one row per preset, and test accuracy against width and against depth.
 """
 
@@ -143,24 +143,32 @@ def preset_parameters(architecture: str, in_channels: int = 1, classes: int = 10
 
 def generalization(reports: list[str]) -> None:
     """One table and one figure of every learned method's paired difference to tuned Adam on each preset of
-    ``reports`` (a preset in several reports: the last one's rows)."""
+    ``reports``: entries ``NAME``, ``NAME:METHOD`` (that method's rows only) or ``NAME:METHOD#K`` (its meta-seed K
+    of a report given several checkpoints); a preset and method found in several entries: the last one's row."""
     rows: dict[tuple[str, str], dict[str, str]] = {}
-    for name in reports:
+    for entry in reports:
+        name, _, selection = entry.partition(":")
+        method, _, meta_seed = selection.partition("#")
         path = OUT / name / "paired.csv"
         if not path.is_file():
             raise SystemExit(f"{path} not found: run `report --name {name}` (with adam among --baselines) first")
         with path.open() as f:
-            rows.update({(r["architecture"], r["method"]): r for r in csv.DictReader(f) if r["meta_seeds"] == "1"})
+            chosen = [r for r in csv.DictReader(f) if method in ("", r["method"])
+                      and (r["meta_seed"] == meta_seed if meta_seed else r["meta_seeds"] == "1")]
+        if not chosen:
+            raise SystemExit(f"no row of {path} matches '{entry}' (NAME[:METHOD[#META_SEED]]; without #, only "
+                             f"single-checkpoint rows)")
+        rows.update({(r["architecture"], r["method"]): r for r in chosen})
     architectures = sorted({a for a, _ in rows}, key=preset_parameters)
     methods = list(dict.fromkeys(m for _, m in rows))
-    lines = ["| preset | parameters | seeds | Adam (tuned) | " + " | ".join(f"{m}: Δ (pp) [95 % CI]" for m in methods)
-             + " |", "|---" * (4 + len(methods)) + "|"]
+    lines = ["| preset | parameters | Adam (tuned), % | " + " | ".join(f"{m}: Δ (pp) [95 % CI] (seeds)" for m in methods)
+             + " |", "|---" * (3 + len(methods)) + "|"]
     for a in architectures:
-        found = [rows[(a, m)] for m in methods if (a, m) in rows]
-        cells = [a, f"{preset_parameters(a):,}", found[0]["pairs"], f"{float(found[0]['reference_accuracy_pct']):.1f}"]
-        cells += [_difference(rows.get((a, m))) for m in methods]
-        lines.append("| " + " | ".join(cells) + " |")
-    out = OUT / reports[0]
+        most_pairs = max((rows[(a, m)] for m in methods if (a, m) in rows), key=lambda r: int(r["pairs"]))
+        adam = f"{float(most_pairs['reference_accuracy_pct']):.1f} ({most_pairs['pairs']})"
+        cells = [a, f"{preset_parameters(a):,}", adam]
+        lines.append("| " + " | ".join(cells + [_difference(rows.get((a, m))) for m in methods]) + " |")
+    out = OUT / reports[0].partition(":")[0]
     (out / "generalization.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot_generalization(rows, methods, out / "generalization.png")
@@ -172,7 +180,7 @@ def _difference(row: dict[str, str] | None) -> str:
         return "—"
     diff, low, high = (float(row[f"accuracy_pct_{k}"]) for k in ("diff", "ci_low", "ci_high"))
     interval = f" [{low:+.1f}, {high:+.1f}] {row['accuracy_pct_verdict']}" if math.isfinite(low) else ""
-    return f"{diff:+.1f}{interval}"
+    return f"{diff:+.1f}{interval} ({row['pairs']})"
 
 
 def _plot_generalization(rows: dict[tuple[str, str], dict[str, str]], methods: list[str], path: Path) -> None:
@@ -238,7 +246,8 @@ def main() -> None:
                                     "instead of --runs")
     generalization_parser = sub.add_parser("generalization")
     generalization_parser.add_argument("--reports", nargs="+", required=True,
-                                       help="report folders under benchmarks/results/replication (written by report)")
+                                       help="report folders under benchmarks/results/replication (written by report), each "
+                                            "NAME, NAME:METHOD or NAME:METHOD#META_SEED")
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every)

@@ -19,7 +19,7 @@ minutes per run on a CPU: add them with ``--presets``). Datasets are read from `
 that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint. ``--pretrained`` evaluates
 the shipped ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the
 paired differences to tuned Adam of one or more reports (or of chosen methods and meta-seeds in them) into
-``<first report>/generalization.{md,png}``: one row per preset, and test accuracy against width and against depth.
+``<--name>/generalization.{md,png}``: one row per preset, and test accuracy against width and against depth.
 """
 
 from __future__ import annotations
@@ -141,17 +141,18 @@ def preset_parameters(architecture: str, in_channels: int = 1, classes: int = 10
     return sum(9 * c_in * c_out + c_out for c_in, c_out in itertools.pairwise(widths)) + (widths[-1] + 1) * classes
 
 
-def generalization(reports: list[str]) -> None:
+def generalization(reports: list[str], name: str) -> None:
     """One table and one figure of every learned method's paired difference to tuned Adam on each preset of
-    ``reports``: entries ``NAME``, ``NAME:METHOD`` (that method's rows only) or ``NAME:METHOD#K`` (its meta-seed K
-    of a report given several checkpoints); a preset and method found in several entries: the last one's row."""
+    ``reports``, written to ``benchmarks/results/replication/<name>/generalization.{md,png}``: entries ``NAME``,
+    ``NAME:METHOD`` (that method's rows only) or ``NAME:METHOD#K`` (its meta-seed K of a report given several
+    checkpoints); a preset and method found in several entries: the last one's row."""
     rows: dict[tuple[str, str], dict[str, str]] = {}
     for entry in reports:
-        name, _, selection = entry.partition(":")
+        report_name, _, selection = entry.partition(":")
         method, _, meta_seed = selection.partition("#")
-        path = OUT / name / "paired.csv"
+        path = OUT / report_name / "paired.csv"
         if not path.is_file():
-            raise SystemExit(f"{path} not found: run `report --name {name}` (with adam among --baselines) first")
+            raise SystemExit(f"{path} not found: run `report --name {report_name}` (with adam among --baselines) first")
         with path.open() as f:
             chosen = [r for r in csv.DictReader(f) if method in ("", r["method"])
                       and (r["meta_seed"] == meta_seed if meta_seed else r["meta_seeds"] == "1")]
@@ -168,7 +169,8 @@ def generalization(reports: list[str]) -> None:
         adam = f"{float(most_pairs['reference_accuracy_pct']):.1f} ({most_pairs['pairs']})"
         cells = [a, f"{preset_parameters(a):,}", adam]
         lines.append("| " + " | ".join(cells + [_difference(rows.get((a, m))) for m in methods]) + " |")
-    out = OUT / reports[0].partition(":")[0]
+    out = OUT / name
+    out.mkdir(parents=True, exist_ok=True)
     (out / "generalization.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot_generalization(rows, methods, out / "generalization.png")
@@ -248,11 +250,13 @@ def main() -> None:
     generalization_parser.add_argument("--reports", nargs="+", required=True,
                                        help="report folders under benchmarks/results/replication (written by report), each "
                                             "NAME, NAME:METHOD or NAME:METHOD#META_SEED")
+    generalization_parser.add_argument("--name", default="generalization",
+                                       help="output folder under benchmarks/results/replication")
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every)
     elif args.stage == "generalization":
-        generalization(args.reports)
+        generalization(args.reports, args.name)
     else:
         report(
             args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,

@@ -160,6 +160,11 @@ def generalization(reports: list[str], name: str) -> None:
             raise SystemExit(f"no row of {path} matches '{entry}' (NAME[:METHOD[#META_SEED]]; without #, only "
                              f"single-checkpoint rows)")
         rows.update({(r["architecture"], r["method"]): r for r in chosen})
+    from lightning_l2o.tasks.presets import PRESETS
+
+    unknown = sorted({a for a, _ in rows} - set(PRESETS))
+    if unknown:
+        raise SystemExit(f"generalization compares task presets only; {unknown} are not presets: leave their reports out")
     architectures = sorted({a for a, _ in rows}, key=preset_parameters)
     methods = list(dict.fromkeys(m for _, m in rows))
     lines = ["| preset | parameters | Adam (tuned), % | " + " | ".join(f"{m}: Δ (pp) [95 % CI] (seeds)" for m in methods)
@@ -214,7 +219,6 @@ def _plot_generalization(rows: dict[tuple[str, str], dict[str, str]], methods: l
     panels[0].legend(fontsize=8)
     fig.suptitle("Paired difference to tuned Adam, 95 % CI (no bar: one seed)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import math
 import os
 import subprocess
@@ -120,25 +119,24 @@ def _pretrained(methods: list[str]) -> dict[str, str]:
 
 
 def preset_axes(architecture: str) -> dict[str, int]:
-    """Where a FashionMNIST-style preset lies on the width and depth axes: ``{"width": 16}`` for ``*-width16``,
-    ``{"depth": 2}`` for ``*-depth2``, both for the reference CNN (``width32`` is ``depth3``); ``{}`` otherwise."""
-    from lightning_l2o.tasks.presets import DEPTH_CHANNELS, PRESETS
+    """Where a preset lies on the width and depth axes: ``{"width": 16}`` for ``*-width16``, ``{"depth": 2}`` for
+    ``*-depth2``, both for the reference CNN (``width32`` is ``depth3``); ``{}`` for any other task."""
+    from lightning_l2o.tasks.presets import DEPTH_CHANNELS, PRESETS, WIDTHS
 
-    channels = PRESETS.get(architecture, {}).get("arch", {}).get("channels")
-    if channels is None:
+    if architecture not in PRESETS:
         return {}
-    axes = {"width": channels[0]} if channels == [channels[0], 2 * channels[0], 2 * channels[0]] else {}
-    if channels == list(DEPTH_CHANNELS[: len(channels)]):
-        axes["depth"] = len(channels)
-    return axes
+    dataset, arch = architecture.split("-")[0], PRESETS[architecture]["arch"]
+    widths = [h for h in WIDTHS if PRESETS[f"{dataset}-width{h}"]["arch"] == arch]
+    depths = [n for n in range(1, len(DEPTH_CHANNELS) + 1) if arch["channels"] == list(DEPTH_CHANNELS[:n])]
+    return {axis: values[0] for axis, values in (("width", widths), ("depth", depths)) if values}
 
 
-def preset_parameters(architecture: str, in_channels: int = 1, classes: int = 10) -> int:
-    """Parameters of a preset CNN: its 3x3 convolutions with biases and the linear classifier."""
+def preset_parameters(architecture: str) -> int:
+    """Parameters of a FashionMNIST / MNIST preset's CNN (one input channel, 10 classes)."""
+    from lightning_l2o.tasks.classifier import ConvNet
     from lightning_l2o.tasks.presets import PRESETS
 
-    widths = [in_channels, *PRESETS[architecture]["arch"]["channels"]]
-    return sum(9 * c_in * c_out + c_out for c_in, c_out in itertools.pairwise(widths)) + (widths[-1] + 1) * classes
+    return sum(p.numel() for p in ConvNet(1, num_classes=10, **PRESETS[architecture]["arch"]).parameters())
 
 
 def generalization(reports: list[str], name: str) -> None:
@@ -237,8 +235,8 @@ def main() -> None:
                             help="validate every N outer steps on the config's validation tasks and keep the best "
                                  "checkpoint, which `report` then uses (0: no validation, report uses last.ckpt)")
     report_parser = sub.add_parser("report")
-    report_parser.add_argument("--runs", nargs="+", default=["0"],
-                               help="run folders of each method (several: one per meta-training seed)")
+    report_parser.add_argument("--runs", nargs="+",
+                               help="run folders of each method (several: one per meta-training seed; default 0)")
     report_parser.add_argument("--steps", type=int, default=1000)
     report_parser.add_argument("--methods", nargs="+", choices=CONFIGS, default=list(METHODS))
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
@@ -259,12 +257,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every)
+    elif args.stage == "report" and args.pretrained and args.runs:
+        parser.error("--pretrained evaluates the shipped optimizers: drop --runs, or drop --pretrained")
     elif args.stage == "generalization":
         generalization(args.reports, args.name)
     else:
         report(
             args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
-            args.runs, args.pretrained,
+            args.runs or ["0"], args.pretrained,
         )
 
 

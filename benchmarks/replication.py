@@ -238,7 +238,8 @@ def main() -> None:
     report_parser.add_argument("--runs", nargs="+",
                                help="run folders of each method (several: one per meta-training seed; default 0)")
     report_parser.add_argument("--steps", type=int, default=1000)
-    report_parser.add_argument("--methods", nargs="+", choices=CONFIGS, default=list(METHODS))
+    report_parser.add_argument("--methods", nargs="*", choices=CONFIGS, default=list(METHODS),
+                               help="learned methods (none: only the baselines)")
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
     report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])

@@ -5,6 +5,7 @@
     python benchmarks/replication.py report                     # task 17 and width / depth presets
     python benchmarks/replication.py report --pretrained        # the same for the optimizers shipped in the package
     python benchmarks/replication.py generalization --reports NAME [NAME ...]   # paired differences across presets
+    python benchmarks/replication.py baselines --report NAME    # every tuned baseline beside the learned methods
 
 ``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm,pna}.yaml`` with the reference schedule
 (100 inner steps per outer step, one-step lookahead on the same batch, Adam 3e-4 with weight decay 1e-4,
@@ -20,6 +21,8 @@ that adds a run folder to an earlier one's ``--runs`` only evaluates the new che
 the shipped ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the
 paired differences to tuned Adam of one or more reports (or of chosen methods and meta-seeds in them) into
 ``<--name>/generalization.{md,png}``: one row per preset, and test accuracy against width and against depth.
+``baselines`` tabulates one report's tuned baselines (Adam, AdamW, SGD with momentum) beside its learned methods, with
+each learned method's paired difference to each baseline, in ``<report>/baselines.md``.
 """
 
 from __future__ import annotations
@@ -180,6 +183,52 @@ def generalization(reports: list[str], name: str) -> None:
     print(f"written: {out / 'generalization.md'}, {out / 'generalization.png'}")
 
 
+def baselines_table(report_name: str) -> None:
+    """Each tuned baseline of one report beside its learned methods, per preset: every method's mean test accuracy
+    over the test seeds (a baseline's with its tuned lr) and each learned method's paired difference in test
+    accuracy to each baseline, written to ``benchmarks/results/replication/<report>/baselines.md``."""
+    from lightning_l2o.meta_optimizers.baselines import BASELINES
+    from lightning_l2o.reporting import paired
+
+    path = OUT / report_name / "results.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run `report --name {report_name}` first")
+    accuracy: dict[tuple[str, str], dict[int, float]] = {}
+    lrs: dict[tuple[str, str], str] = {}
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            method = r["method"] + (f"#{r['meta_seed']}" if r["meta_seed"] else "")
+            value = math.nan if r["diverged"] == "True" else 100 * float(r["test_accuracy"])
+            accuracy.setdefault((r["architecture"], method), {})[int(r["seed"])] = value
+            lrs[(r["architecture"], method)] = r["lr"]
+    methods = list(dict.fromkeys(m for _, m in accuracy))
+    baselines = [m for m in methods if m in BASELINES]
+    learned = [m for m in methods if m not in BASELINES]
+    header = ([f"{b} (tuned), %" for b in baselines] + [f"{m}, %" for m in learned]
+              + [f"{m} − {b} (pp) [95 % CI] (seeds)" for m in learned for b in baselines])
+    lines = ["| preset | " + " | ".join(header) + " |", "|---" * (1 + len(header)) + "|"]
+    for a in sorted({a for a, _ in accuracy}, key=preset_parameters):
+        cells = [a]
+        for m in baselines + learned:
+            values = [v for v in accuracy.get((a, m), {}).values() if math.isfinite(v)]
+            lr = f", lr {lrs[(a, m)]}" if m in baselines and values else ""
+            cells.append(f"{sum(values) / len(values):.1f} ({len(values)}{lr})" if values else "—")
+        for m in learned:
+            for b in baselines:
+                ours, theirs = accuracy.get((a, m), {}), accuracy.get((a, b), {})
+                seeds = sorted(ours.keys() & theirs.keys())
+                if not seeds:
+                    cells.append("—")
+                    continue
+                p = paired([ours[s] for s in seeds], [theirs[s] for s in seeds])
+                interval = f" [{p.low:+.1f}, {p.high:+.1f}] {p.verdict}" if math.isfinite(p.low) else ""
+                cells.append(f"{p.mean:+.1f}{interval} ({p.n})")
+        lines.append("| " + " | ".join(cells) + " |")
+    (OUT / report_name / "baselines.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written: {OUT / report_name / 'baselines.md'}")
+
+
 def _difference(row: dict[str, str] | None) -> str:
     if row is None:
         return "—"
@@ -255,6 +304,9 @@ def main() -> None:
                                             "NAME, NAME:METHOD or NAME:METHOD#META_SEED")
     generalization_parser.add_argument("--name", default="generalization",
                                        help="output folder under benchmarks/results/replication")
+    baselines_parser = sub.add_parser("baselines")
+    baselines_parser.add_argument("--report", required=True,
+                                  help="a report folder under benchmarks/results/replication (written by report)")
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every)
@@ -262,6 +314,8 @@ def main() -> None:
         parser.error("--pretrained evaluates the shipped optimizers: drop --runs, or drop --pretrained")
     elif args.stage == "generalization":
         generalization(args.reports, args.name)
+    elif args.stage == "baselines":
+        baselines_table(args.report)
     else:
         report(
             args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,

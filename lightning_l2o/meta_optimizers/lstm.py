@@ -8,8 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_l2o.meta_optimizers.base import State
+from lightning_l2o.meta_optimizers.features import ChunkFeatures
 from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, OUTPUTS, PerParameterOptimizer
+from lightning_l2o.params import ParamSpace
 
 
 class CoordinatewiseLSTM(nn.Module):
@@ -40,27 +42,43 @@ class CoordinatewiseLSTM(nn.Module):
         zeros = like.new_zeros(len(self.cells), n, self.hidden_dim)
         return zeros, zeros.clone()
 
-    def forward(self, features: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def gate_weights(self) -> list[tuple[Tensor, Tensor]]:
+        """Each cell's :func:`gate_weights`, for :meth:`forward` on many chunks of one step."""
+        return [gate_weights(cell) for cell in self.cells]
+
+    def forward(self, features: Tensor, h: Tensor, c: Tensor,
+                gates: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``gates``: :meth:`gate_weights`, built here if not given."""
         x, hs, cs = features, [], []
-        for layer, cell in enumerate(self.cells):
-            x, c_new = lstm_cell(x, h[layer], c[layer], cell)
+        for layer, (weight, bias) in enumerate(self.gate_weights() if gates is None else gates):
+            x, c_new = lstm_cell(x, h[layer], c[layer], weight, bias)
             hs.append(x)
             cs.append(c_new)
         return linear(x, self.head.weight, self.head.bias), _stack(hs), _stack(cs)
 
 
-def lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell) -> tuple[Tensor, Tensor]:
-    """``cell(x, (h, c))``, computed for speed on the CPU: the four gates come from one product, ``[x, h] @ [W_ih,
-    W_hh].T + (b_ih + b_hh)``, through :func:`~lightning_l2o.meta_optimizers.linear.linear` (oneDNN), and go through
-    one sigmoid; each ``tanh`` is ``2 sigmoid(2 z) - 1`` (the cell gate's rows of the product are doubled, exactly),
-    because PyTorch's CPU ``tanh`` takes several times as long as its ``sigmoid``.
+def gate_weights(cell: nn.LSTMCell) -> tuple[Tensor, Tensor]:
+    """The weight and bias of :func:`lstm_cell`'s one product: ``[W_ih, W_hh]`` and ``b_ih + b_hh``, the cell gate's
+    rows doubled (exactly).
 
-    Shapes: ``x (c, in)``, ``h, c (c, hidden)`` -> new ``h, c (c, hidden)``.
+    Shapes: ``cell (in -> hidden)`` -> ``weight (4 hidden, in + hidden)``, ``bias (4 hidden,)``.
     """
-    scale = torch.ones(4, 1, 1, dtype=x.dtype, device=x.device)
+    scale = torch.ones(4, 1, 1, dtype=cell.weight_ih.dtype, device=cell.weight_ih.device)
     scale[2] = 2.0  # PyTorch's gate order: input, forget, cell, output
     weight = (torch.cat([cell.weight_ih, cell.weight_hh], dim=1).view(4, cell.hidden_size, -1) * scale).flatten(0, 1)
-    bias = ((cell.bias_ih + cell.bias_hh).view(4, -1) * scale[:, 0]).flatten()
+    return weight, ((cell.bias_ih + cell.bias_hh).view(4, -1) * scale[:, 0]).flatten()
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """``cell(x, (h, c))`` with ``weight, bias = gate_weights(cell)``, computed for speed on the CPU: the four gates
+    come from one product, ``[x, h] @ weight.T + bias``, through
+    :func:`~lightning_l2o.meta_optimizers.linear.linear` (oneDNN), and go through one sigmoid; each ``tanh`` is
+    ``2 sigmoid(2 z) - 1`` (hence the doubled cell-gate rows), because PyTorch's CPU ``tanh`` takes several times
+    as long as its ``sigmoid``.
+
+    Shapes: ``x (c, in)``, ``h, c (c, hidden)``, ``weight (4 hidden, in + hidden)``, ``bias (4 hidden,)`` -> new
+    ``h, c (c, hidden)``.
+    """
     gates = torch.sigmoid(linear(torch.cat([x, h], dim=1), weight, bias))
     input_gate, forget_gate, doubled_cell_gate, output_gate = gates.chunk(4, dim=1)
     c_new = forget_gate * c + input_gate * (2 * doubled_cell_gate - 1)
@@ -98,6 +116,10 @@ class LSTMMetaOptimizer(PerParameterOptimizer):
         h, c = self.network.initial_state(len(params), params)
         return {"lstm_h": h, "lstm_c": c}
 
+    def network_context(self, features: ChunkFeatures, space: ParamSpace) -> list[tuple[Tensor, Tensor]]:
+        """The cells' gate weights, built once per step for all chunks."""
+        return self.network.gate_weights()
+
     def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
-        outputs, h, c = self.network(features, state["lstm_h"], state["lstm_c"])
+        outputs, h, c = self.network(features, state["lstm_h"], state["lstm_c"], context)
         return outputs, {"lstm_h": h, "lstm_c": c}

@@ -16,7 +16,7 @@ from lightning_l2o.checkpoints import build_meta_optimizer, meta_optimizer_confi
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.meta_optimizers import Adam, MetaOptimizer, State
-from lightning_l2o.meta_optimizers.lstm import lstm_cell
+from lightning_l2o.meta_optimizers.lstm import gate_weights, lstm_cell
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.optim import LearnedOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
@@ -176,7 +176,7 @@ def test_lstm_cell_from_one_product_equals_nn_lstm_cell_in_value_and_every_gradi
         grads = torch.autograd.grad((h * weights).sum() + (c * weights).sum(), [*leaves, *cell.parameters()])
         return [h.detach(), c.detach(), *grads]
 
-    ours = values_and_gradients(lambda x, h, c: lstm_cell(x, h, c, cell))
+    ours = values_and_gradients(lambda x, h, c: lstm_cell(x, h, c, *gate_weights(cell)))
     for got, expected in zip(ours, values_and_gradients(lambda x, h, c: cell(x, (h, c))), strict=True):
         torch.testing.assert_close(got, expected)
 

@@ -4,7 +4,7 @@ A kernel's source is compiled with the system's C compiler (``$CC``, default ``c
 machine (``-march=native``) into ``$L2O_CACHE_DIR`` (default ``~/.cache/lightning_l2o``), once per source,
 compiler and CPU, and loaded with ``ctypes``. Where it cannot be built, :func:`load` warns once, saying why, and
 returns ``None``: its callers then run their PyTorch (eager) path. ``L2O_FUSED_KERNELS=0`` or
-:func:`fused_kernels` (``False``) turns every compiled kernel off.
+:data:`fused_kernels` (``False``) turns every compiled kernel off.
 """
 
 from __future__ import annotations
@@ -17,29 +17,19 @@ import platform
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from lightning_l2o.switch import Switch
+
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC")
-_enabled = os.environ.get("L2O_FUSED_KERNELS", "1") != "0"
+fused_kernels = Switch(os.environ.get("L2O_FUSED_KERNELS", "1") != "0")
+"""Whether compiled kernels may be used: ``L2O_FUSED_KERNELS`` (``0``: never); ``with fused_kernels(False):``
+turns them off within a block, for comparisons with the eager paths."""
 
 
 def enabled() -> bool:
-    """Whether compiled kernels may be used (``L2O_FUSED_KERNELS``, :func:`fused_kernels`)."""
-    return _enabled
-
-
-@contextmanager
-def fused_kernels(enabled: bool) -> Iterator[None]:
-    """Within the block, compiled kernels are used only if ``enabled`` (and they apply): for comparisons with
-    the eager paths."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    try:
-        yield
-    finally:
-        _enabled = previous
+    """Whether compiled kernels may be used (:data:`fused_kernels`)."""
+    return bool(fused_kernels)
 
 
 def cache_dir() -> Path:

@@ -25,7 +25,7 @@ STATE_KEY = "rule_state"
 
 class LearnedOptimizer(Optimizer):
     """Runs ``update_rule.forward`` under ``torch.no_grad()`` on each parameter group's flattened parameters (as a
-    :func:`~lightning_l2o.meta_optimizers.base.deployed_step`: the FF rule runs its compiled CPU kernel there).
+    :data:`~lightning_l2o.meta_optimizers.base.deployed_step`: the FF rule runs its compiled CPU kernel there).
 
     ``params`` is an ``nn.Module`` (its parameters form one group and the rule sees its structure: names,
     shapes and, for rules that read it, its neural graph), or parameters / parameter groups as for any

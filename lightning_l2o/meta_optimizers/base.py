@@ -6,16 +6,13 @@ tensors are flat over every parameter of the optimizee, so one call updates all 
 ``space`` (:class:`~lightning_l2o.params.ParamSpace`) is the optimizee's static description (layout,
 segment ids, neural graph), given on every call; the state holds only what changes from step to step. The same ``forward`` runs in the differentiable inner
 loop of meta-training, in meta-test, and under ``torch.no_grad()`` in the deployable optimizer; there (within
-:func:`deployed_step`) a rule may compute it with faster kernels that agree to float rounding rather than bit for
+:data:`deployed_step`) a rule may compute it with faster kernels that agree to float rounding rather than bit for
 bit, while meta-training and meta-test keep one path so that the harness's figures reproduce exactly.
 """
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -23,6 +20,7 @@ from torch import Tensor, nn
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.params import ParamSpace
+from lightning_l2o.switch import Switch
 
 State = dict[str, Tensor]
 Info = dict[str, Tensor]
@@ -31,24 +29,16 @@ UPDATE_RULES: dict[str, type[MetaOptimizer]] = {}
 """Every concrete :class:`MetaOptimizer` subclass defined so far, by class path: what a checkpoint may build."""
 
 
-_deployment = threading.local()  # per thread: a deployed step in one thread leaves a meta-test in another alone
-
-
-@contextmanager
-def deployed_step() -> Iterator[None]:
-    """Marks the rule calls within (in this thread) as steps of a deployed optimizer (``LearnedOptimizer.step``),
-    where a rule may use kernels whose results agree with its default path to float rounding (the FF rule's
-    compiled CPU kernel)."""
-    previous, _deployment.active = in_deployed_step(), True
-    try:
-        yield
-    finally:
-        _deployment.active = previous
+deployed_step = Switch(False, per_thread=True)
+"""``with deployed_step():`` marks the rule calls within (in this thread) as steps of a deployed optimizer
+(``LearnedOptimizer.step``), where a rule may use kernels whose results agree with its default path to float rounding
+(the FF rule's compiled CPU kernel); per thread, so that a deployed step in one thread leaves a meta-test in another
+alone."""
 
 
 def in_deployed_step() -> bool:
-    """Whether the current rule call is a deployed optimizer's step (see :func:`deployed_step`)."""
-    return getattr(_deployment, "active", False)
+    """Whether the current rule call is a deployed optimizer's step (see :data:`deployed_step`)."""
+    return bool(deployed_step)
 
 
 def class_path(cls: type) -> str:

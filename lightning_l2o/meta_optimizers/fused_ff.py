@@ -12,12 +12,12 @@ The kernel is compiled on first use (:mod:`lightning_l2o.compiled_kernels`: with
 in ``$L2O_CACHE_DIR``). Where it cannot be built, a warning says why and the step runs in eager mode.
 
 It serves deployed steps only (``LearnedOptimizer.step``, within
-:func:`~lightning_l2o.meta_optimizers.base.deployed_step`): meta-training records a graph, and meta-test keeps the
+:data:`~lightning_l2o.meta_optimizers.base.deployed_step`): meta-training records a graph, and meta-test keeps the
 eager path, because 1000 steps of training amplify a difference in the last bits into a different trajectory (a
 final accuracy that differs by about the seed-to-seed noise), and the harness's figures are to reproduce bit for bit. The step also stays eager for other feature sets,
 ``progress_features``, ``adam_lr``, ``network_dtype: bfloat16``, CUDA, and with more than one intra-op thread (the
 kernels run on one thread; set ``torch.set_num_threads(1)``, as the chunked step wants anyway).
-``L2O_FUSED_KERNELS=0`` or :func:`~lightning_l2o.compiled_kernels.fused_kernels` (``False``) turns it off.
+``L2O_FUSED_KERNELS=0`` or :data:`~lightning_l2o.compiled_kernels.fused_kernels` (``False``) turns it off.
 """
 
 from __future__ import annotations

@@ -12,16 +12,17 @@ One difference in value: oneDNN's fused ReLU is ``max(x, 0)``, which turns a NaN
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from lightning_l2o.switch import Switch
+
 ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_onednn_enabled = ONEDNN_AVAILABLE
+onednn = Switch(True, available=ONEDNN_AVAILABLE)
+"""Whether :func:`linear` may use oneDNN; ``with onednn(False):`` turns it off within a block, for comparisons and for
+``torch.utils.flop_counter``, which does not count oneDNN's kernel."""
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
@@ -57,20 +58,8 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def uses_onednn(x: Tensor) -> bool:
     """Whether :func:`linear` runs ``x`` through oneDNN: 2-D, non-empty, float32 on the CPU, outside autocast."""
-    return (_onednn_enabled and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] > 0
+    return (bool(onednn) and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] > 0
             and not torch.is_autocast_enabled("cpu"))
-
-
-@contextmanager
-def onednn(enabled: bool) -> Iterator[None]:
-    """Within the block, :func:`linear` uses oneDNN only if ``enabled`` (and available): for comparisons, and for
-    ``torch.utils.flop_counter``, which does not count oneDNN's kernel."""
-    global _onednn_enabled
-    previous, _onednn_enabled = _onednn_enabled, enabled and ONEDNN_AVAILABLE
-    try:
-        yield
-    finally:
-        _onednn_enabled = previous
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = False) -> Tensor:

@@ -221,8 +221,7 @@ def baselines_table(report_name: str) -> None:
                     cells.append("—")
                     continue
                 p = paired([ours[s] for s in seeds], [theirs[s] for s in seeds])
-                interval = f" [{p.low:+.1f}, {p.high:+.1f}] {p.verdict}" if math.isfinite(p.low) else ""
-                cells.append(f"{p.mean:+.1f}{interval} ({p.n})")
+                cells.append(_difference_cell(p.mean, p.low, p.high, p.verdict, p.n))
         lines.append("| " + " | ".join(cells) + " |")
     (OUT / report_name / "baselines.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -233,8 +232,13 @@ def _difference(row: dict[str, str] | None) -> str:
     if row is None:
         return "—"
     diff, low, high = (float(row[f"accuracy_pct_{k}"]) for k in ("diff", "ci_low", "ci_high"))
-    interval = f" [{low:+.1f}, {high:+.1f}] {row['accuracy_pct_verdict']}" if math.isfinite(low) else ""
-    return f"{diff:+.1f}{interval} ({row['pairs']})"
+    return _difference_cell(diff, low, high, row["accuracy_pct_verdict"], row["pairs"])
+
+
+def _difference_cell(diff: float, low: float, high: float, verdict: str, pairs: int | str) -> str:
+    """``+1.2 [+0.3, +2.1] better (3)``: a paired difference in points, its 95 % CI and verdict (none without a CI)."""
+    interval = f" [{low:+.1f}, {high:+.1f}] {verdict}" if math.isfinite(low) else ""
+    return f"{diff:+.1f}{interval} ({pairs})"
 
 
 def _plot_generalization(rows: dict[tuple[str, str], dict[str, str]], methods: list[str], path: Path) -> None:

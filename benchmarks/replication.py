@@ -2,6 +2,7 @@
 
     python benchmarks/replication.py fit --outer-steps 300      # the methods in parallel, one CPU thread each
     python benchmarks/replication.py fit --methods pna --outer-steps 200
+    python benchmarks/replication.py fit --methods ff_mixture --set model.init_args.outer_lr=0.003 --run lr3e-3
     python benchmarks/replication.py report                     # task 17 and width / depth presets
     python benchmarks/replication.py report --pretrained        # the same for the optimizers shipped in the package
     python benchmarks/replication.py generalization --reports NAME [NAME ...]   # paired differences across presets
@@ -38,8 +39,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "replication"
-METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture (PES on a task mixture) runs when named
-CONFIGS = (*METHODS, "ff_mixture")
+METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture and ff_adam_trajectory run when named
+CONFIGS = (*METHODS, "ff_mixture", "ff_adam_trajectory")
 TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
 PRETRAINED = "{method}_fashion_mnist_task17"  # the shipped optimizers meta-trained on task 17
 
@@ -65,7 +66,8 @@ def chosen_checkpoint(method: str, run: str) -> Path:
     return best[0] if best else last
 
 
-def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int, val_every: int) -> None:
+def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int, val_every: int,
+        overrides: list[str]) -> None:
     validation = (["--trainer.limit_val_batches=0"] if val_every == 0 else
                   [f"--trainer.val_check_interval={val_every}", "--model.init_args.baselines=[]"])
     procs = {}
@@ -73,7 +75,8 @@ def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int,
         cmd = [sys.executable, "-m", "lightning_l2o", "fit", f"--config={REPO / 'configs' / f'{method}.yaml'}",
                f"--trainer.max_steps={outer_steps}", *validation,
                "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={OUT}",
-               f"--trainer.logger.init_args.version={run}", f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
+               f"--trainer.logger.init_args.version={run}", f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
+               *(f"--{override}" for override in overrides)]
         if resume and last_checkpoint(method, run).is_file():
             cmd.append(f"--ckpt_path={last_checkpoint(method, run)}")
         print(" ".join(cmd), flush=True)
@@ -287,6 +290,9 @@ def main() -> None:
     fit_parser.add_argument("--val-every", type=int, default=0,
                             help="validate every N outer steps on the config's validation tasks and keep the best "
                                  "checkpoint, which `report` then uses (0: no validation, report uses last.ckpt)")
+    fit_parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                            help="further settings of the config, as LightningCLI takes them without the leading --, "
+                                 "e.g. model.init_args.outer_lr=0.003 (the run's config.yaml records them)")
     report_parser = sub.add_parser("report")
     report_parser.add_argument("--runs", nargs="+",
                                help="run folders of each method (several: one per meta-training seed; default 0)")
@@ -313,7 +319,7 @@ def main() -> None:
                                   help="a report folder under benchmarks/results/replication (written by report)")
     args = parser.parse_args()
     if args.stage == "fit":
-        fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every)
+        fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every, args.set)
     elif args.stage == "report" and args.pretrained and args.runs:
         parser.error("--pretrained evaluates the shipped optimizers: drop --runs, or drop --pretrained")
     elif args.stage == "generalization":

@@ -11,8 +11,9 @@
                     block of rows are taken at once.
 
    Values are those of the PyTorch path to float rounding: the momenta bit for bit (no fused multiply-add there),
-   the logarithm and the exponential by glibc's vector logf and expf, the products summed in another order. NaN as there: the momenta and features
-   keep it, and the ReLU turns it into 0 (max(x, 0), as oneDNN's fused ReLU of the eager path does). */
+   the logarithm and the exponential by glibc's vector logf and expf, the products summed in another order. NaN as
+   there: the momenta and features keep it, and the ReLU turns it into 0 (max(x, 0), as oneDNN's fused ReLU of the
+   eager path does). */
 
 #include <math.h>
 #include <stdint.h>

@@ -136,7 +136,8 @@ void ff_first_layer(int64_t rows, const float *params, const float *grads, const
 static __m512 transpose_sum16(__m512 v[16]) {
     __m512 pairs[8], quads[4], octs[2];
     for (int i = 0; i < 8; i++) /* per 128-bit lane: v[2i], v[2i+1] alternating, 2 partial sums each */
-        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                                 _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
     for (int i = 0; i < 4; i++) /* per 128-bit lane: the sums of v[4i .. 4i+3] over that lane */
         quads[i] = _mm512_add_ps(_mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                                  _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));

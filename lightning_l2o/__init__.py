@@ -1,5 +1,11 @@
 """lightning-l2o: learned optimizers meta-trained and meta-tested with PyTorch Lightning."""
 
+import warnings
+
+with warnings.catch_warnings():  # torch_geometric 2.8 scripts helpers at import; torch 2.14 deprecates torch.jit.script
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    import torch_geometric  # noqa: F401
+
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.meta_optimizers import (
     Adam,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,14 @@ def test_print_config(capsys):
         main(["fit", f"--config={REPO / 'configs/opt2vec.yaml'}", "--print_config"])
     assert exit_info.value.code == 0
     assert "history_length: 5" in capsys.readouterr().out
+
+
+def test_the_command_prints_no_warning_from_its_dependencies_imports():
+    """torch_geometric's import calls torch.jit.script, which torch 2.14 deprecates with a FutureWarning."""
+    result = subprocess.run([sys.executable, "-W", "default", "-m", "lightning_l2o", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(

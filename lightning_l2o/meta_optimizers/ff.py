@@ -15,7 +15,7 @@ from lightning_l2o.params import ParamSpace
 
 
 class PerParameterMLP(nn.Module):
-    """``(n, F)`` -> ``num_layers`` x (Linear(hidden) -> ReLU) -> Linear(2) -> ``(n, 2)``.
+    """``(n, F)`` -> ``num_layers`` x (Linear(hidden) -> ReLU) -> Linear(out_features) -> ``(n, out_features)``.
 
     The layers run through :func:`~lightning_l2o.meta_optimizers.linear.linear` (oneDNN on the CPU, bias and ReLU
     fused); ``net`` holds them as an ``nn.Sequential`` of ``Linear`` / ``ReLU`` (the checkpoint layout).
@@ -49,7 +49,7 @@ class PerParameterMLP(nn.Module):
 
     def forward_projected(self, projected: Tensor, features: Tensor) -> Tensor:
         """``forward(cat([shared[index], features], 1))`` given ``projected = project_shared(shared)[index]``
-        ``(c, hidden)`` and each coordinate's own ``features (c, F)``: ``(c, 2)``."""
+        ``(c, hidden)`` and each coordinate's own ``features (c, F)``: ``(c, out_features)``."""
         first = self.net[0]
         own_weight = first.weight[:, first.in_features - features.shape[1]:]
         hidden = projected + linear(features, own_weight, first.bias)
@@ -75,10 +75,11 @@ class FFMetaOptimizer(PerParameterOptimizer):
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 2, lr: float | None = None,
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
         output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
+        adam_scale: bool = False,
     ) -> None:
         super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
-                         chunk_size, network_dtype)
-        self.network = PerParameterMLP(self.features.num_features, hidden_dim, num_layers)
+                         chunk_size, network_dtype, adam_scale)
+        self.network = PerParameterMLP(self.features.num_features, hidden_dim, num_layers, self.num_outputs)
         self.init_output_layer()
 
     @property

@@ -17,7 +17,7 @@ from lightning_l2o.params import ParamSpace
 class CoordinatewiseLSTM(nn.Module):
     """A stack of ``num_layers`` LSTM cells shared by all coordinates, and a linear head.
 
-    ``features (n, F)``, state ``h, c (num_layers, n, hidden)`` -> outputs ``(n, 2)`` and the new ``h, c``.
+    ``features (n, F)``, state ``h, c (num_layers, n, hidden)`` -> outputs ``(n, out_features)`` and the new ``h, c``.
     """
 
     def __init__(self, in_features: int, hidden_dim: int, num_layers: int, out_features: int = OUTPUTS) -> None:
@@ -102,10 +102,11 @@ class LSTMMetaOptimizer(PerParameterOptimizer):
         self, features: str = "kofinas", hidden_dim: int = 32, num_layers: int = 1, lr: float | None = None,
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
         output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
+        adam_scale: bool = False,
     ) -> None:
         super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
-                         chunk_size, network_dtype)
-        self.network = CoordinatewiseLSTM(self.features.num_features, hidden_dim, num_layers)
+                         chunk_size, network_dtype, adam_scale)
+        self.network = CoordinatewiseLSTM(self.features.num_features, hidden_dim, num_layers, self.num_outputs)
         self.init_output_layer()
 
     @property

@@ -8,8 +8,9 @@ and ``theta <- theta + delta`` (Kofinas et al. 2024: ``lr = exp_scale = 0.01``; 
 
 Inductive biases (constructor arguments, so YAML options): ``progress_features`` appends training-progress
 features; ``adam_lr`` makes the update a learned correction on top of an Adam step, ``theta <- adam(theta) +
-delta``, with the output layer zero-initialised so that the untrained rule is Adam; ``output_scale`` shrinks
-the output layer's initial weights so that an untrained random draw takes small steps.
+delta``, with the output layer zero-initialised so that the untrained rule is Adam; ``adam_scale`` adds a third
+output that rescales Adam's step per tensor (a learned per-layer learning rate and schedule); ``output_scale``
+shrinks the output layer's initial weights so that an untrained random draw takes small steps.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures, build_fea
 from lightning_l2o.params import ParamSpace
 
 OUTPUTS = 2  # direction a and log-magnitude b
+ADAM_SCALE_OUTPUTS = 3  # a, b and the log-scale s of Adam's step (adam_scale)
+ADAM_SCALE_RANGE = 10.0  # Adam's step is scaled by ADAM_SCALE_RANGE ** tanh(s): between 0.1x and 10x
 ADAM_STATE_PREFIX = "adam_"
 DEFAULT_CHUNK_SIZE = 16384
 NETWORK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -41,6 +44,8 @@ class PerParameterOptimizer(MetaOptimizer):
     :meth:`init_output_layer`, and implements :meth:`network_chunk` (and :meth:`network_context` if part of its
     network works on the whole vector at once, as PNA's GNN does). Its ``info``: ``update_rms``, the RMS of the
     whole update, and with ``adam_lr`` ``correction_rms``, that of the learned term.
+
+    Outputs: :attr:`num_outputs` per coordinate, ``(a, b)``, and ``s`` with ``adam_scale``.
 
     Chunking: :meth:`forward` computes whole-vector quantities once (the feature state, per-tensor statistics,
     :meth:`network_context`), then runs features -> network -> update on ``chunk_size`` coordinates at a time,
@@ -67,6 +72,10 @@ class PerParameterOptimizer(MetaOptimizer):
             ``lr`` other than :attr:`lr` scales both terms (the Adam step runs at ``adam_lr * lr / self.lr``).
             Meta-gradients see the Adam step as ``theta +`` a constant: its derivative in the gradient (~1 / eps
             where ``g ~ 0``, NaN where ``g`` has been exactly 0, e.g. a dead ReLU's weights) would swamp them.
+        adam_scale: with ``adam_lr``, the network has a third output ``s`` and Adam's step of each parameter
+            tensor is multiplied by ``10 ** tanh(mean of s over the tensor)`` (0.1x to 10x; 1 at the
+            zero-initialised start, so the untrained rule is still Adam): with ``progress_features``, a learned
+            per-layer learning rate and schedule. ``info`` gains ``adam_scale``, the mean multiplier over tensors.
         output_scale: factor on the initial weights and bias of the network's output layer (e.g. 0.01: an
             untrained random draw's first updates are ~100x smaller); 1.0 is PyTorch's default init.
         chunk_size: coordinates per chunk (see above).
@@ -85,7 +94,7 @@ class PerParameterOptimizer(MetaOptimizer):
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 2, lr: float | None = None,
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
         output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
-        **config: Any,
+        adam_scale: bool = False, **config: Any,
     ) -> None:
         owner = type(self).__name__
         feature_set = build_feature_set(features, progress_features)
@@ -107,13 +116,22 @@ class PerParameterOptimizer(MetaOptimizer):
         if adam_lr is not None and output_scale != 1.0:
             raise ConfigError(f"{owner}: output_scale={output_scale} has no effect with adam_lr, whose output layer "
                               f"starts at zero (the untrained rule is Adam); remove output_scale or set adam_lr: null")
+        if adam_scale and adam_lr is None:
+            raise ConfigError(f"{owner}: adam_scale rescales the Adam step, and there is none: set adam_lr (e.g. "
+                              f"0.01) or adam_scale: false")
         super().__init__(features=features, hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale,
                          progress_features=progress_features, adam_lr=adam_lr, output_scale=output_scale,
-                         chunk_size=chunk_size, network_dtype=network_dtype, **config)
+                         chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale, **config)
         self.features = feature_set
         self.lr, self.exp_scale, self.output_scale = lr, exp_scale, output_scale
         self.chunk_size, self.network_dtype = chunk_size, NETWORK_DTYPES[network_dtype]
         self.adam = None if adam_lr is None else Adam(lr=adam_lr)
+        self.adam_scale = adam_scale
+
+    @property
+    def num_outputs(self) -> int:
+        """Outputs of the network per coordinate: ``(a, b)``, and ``s`` with ``adam_scale``."""
+        return ADAM_SCALE_OUTPUTS if self.adam_scale else OUTPUTS
 
     def with_config(self, **changes: Any) -> PerParameterOptimizer:
         """This rule, with its weights, rebuilt with ``changes`` to its recorded constructor arguments (e.g.
@@ -124,7 +142,7 @@ class PerParameterOptimizer(MetaOptimizer):
 
     @property
     def output_layer(self) -> nn.Linear:
-        """The network's last layer, ``hidden -> 2``: what ``adam_lr`` and ``output_scale`` initialise."""
+        """The network's last layer, ``hidden -> num_outputs``: what ``adam_lr`` and ``output_scale`` initialise."""
         return self.network.output_layer
 
     def init_output_layer(self) -> None:
@@ -149,11 +167,11 @@ class PerParameterOptimizer(MetaOptimizer):
 
     @abstractmethod
     def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
-        """The coordinates ``rows``: ``features (c, F)`` and their network state -> outputs ``(c, 2)`` and their new
-        network state."""
+        """The coordinates ``rows``: ``features (c, F)`` and their network state -> outputs ``(c, num_outputs)`` and
+        their new network state."""
 
     def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
-        """The network on every coordinate in one chunk: ``features (n, F)`` -> outputs ``(n, 2)`` and its new
+        """The network on every coordinate in one chunk: ``features (n, F)`` -> outputs ``(n, num_outputs)`` and its new
         state."""
         context = self.network_context(lambda rows: features[rows], space)
         return self._run_network(features, self._network_state(state, ALL), ALL, context)
@@ -162,10 +180,11 @@ class PerParameterOptimizer(MetaOptimizer):
                 lr: float | Tensor):
         features, feature_state = self.features.prepare(params, grads, state, space)
         context = self.network_context(features, space)
-        deltas, network_states = [], []
+        deltas, scale_outputs, network_states = [], [], []
         for rows in self._chunks(len(params)):
             outputs, network_state = self._run_network(features(rows), self._network_state(state, rows), rows, context)
             deltas.append(lr * outputs[:, 0] * torch.exp(self.exp_scale * outputs[:, 1]))
+            scale_outputs.append(outputs[:, OUTPUTS:])
             network_states.append(network_state)
         delta = torch.cat(deltas)
         network_state = {key: torch.cat([chunk[key] for chunk in network_states], dim)
@@ -177,9 +196,21 @@ class PerParameterOptimizer(MetaOptimizer):
                       if key.startswith(ADAM_STATE_PREFIX)}
         adam_lr = self.adam.lr * (lr / self.lr)
         stepped, adam_state, _ = self.adam(params.detach(), grads.detach(), loss, adam_state, space, adam_lr)
+        info = {}
+        if self.adam_scale:
+            multiplier = self._adam_multiplier(torch.cat(scale_outputs)[:, 0], space)
+            stepped = stepped + (multiplier[space.segment_ids] - 1) * (stepped - params.detach())  # exact at 1
+            info["adam_scale"] = multiplier.detach().mean()
         stepped = stepped + (params - params.detach())  # the same values, and d stepped / d params = 1
-        info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta)}
+        info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta), **info}
         return stepped + delta, {**feature_state, **network_state, **_prefixed(adam_state)}, info
+
+    @staticmethod
+    def _adam_multiplier(scale_outputs: Tensor, space: ParamSpace) -> Tensor:
+        """``s (n,)`` -> each tensor's factor on Adam's step, ``10 ** tanh(mean of s over the tensor)``:
+        ``(num_tensors,)``."""
+        sums = scale_outputs.new_zeros(len(space.segment_sizes)).index_add(0, space.segment_ids, scale_outputs)
+        return ADAM_SCALE_RANGE ** torch.tanh(sums / space.segment_sizes.to(sums.dtype))
 
     def _chunks(self, n: int) -> Iterator[slice]:
         return (slice(start, start + self.chunk_size) for start in range(0, n, self.chunk_size))

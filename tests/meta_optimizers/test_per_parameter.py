@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -36,7 +37,8 @@ OPTIONS = {  # every inductive-bias option, alone and together
     "progress": {"features": "kofinas", "progress_features": True},
     "adam_progress": {"features": "adam", "progress_features": True},
     "adam_correction": {"features": "kofinas", "adam_lr": 1e-2},
-    "all": {"features": "adam", "progress_features": True, "adam_lr": 1e-2},
+    "adam_scale": {"features": "kofinas", "adam_lr": 1e-2, "adam_scale": True},
+    "all": {"features": "adam", "progress_features": True, "adam_lr": 1e-2, "adam_scale": True},
     "output_scale": {"features": "kofinas", "output_scale": 0.01},
 }
 FEATURE_OPTIONS = {"kofinas": {"features": "kofinas"}, **OPTIONS}
@@ -196,6 +198,7 @@ def test_unrolled_meta_gradient_reaches_every_weight(make):
     ({"adam_lr": 0.0}, "adam_lr must be > 0, got 0.0; give the Adam step's learning rate"),
     ({"output_scale": -1.0}, "output_scale must be > 0, got -1.0; e.g. 0.01"),
     ({"adam_lr": 1e-2, "output_scale": 0.01}, "remove output_scale or set adam_lr: null"),
+    ({"adam_scale": True}, "adam_scale rescales the Adam step, and there is none: set adam_lr"),
     ({"features": "metz", "progress_features": True}, "set progress_features: false"),
     ({"chunk_size": 0}, "chunk_size must be a positive integer, got 0; e.g. 16384"),
     ({"chunk_size": 1.5}, "chunk_size must be a positive integer, got 1.5"),
@@ -216,19 +219,43 @@ def test_options_set_the_input_width_the_state_and_the_recorded_config():
     assert set(state) == {"momenta", "progress_step", "adam_exp_avg", "adam_exp_avg_sq", "adam_step"}
     assert FFMetaOptimizer().config == {"features": "kofinas", "hidden_dim": 64, "num_layers": 2, "lr": 0.01,
                                         "exp_scale": 0.01, "progress_features": False, "adam_lr": None,
-                                        "output_scale": 1.0, "chunk_size": 16384, "network_dtype": "float32"}
+                                        "output_scale": 1.0, "chunk_size": 16384, "network_dtype": "float32",
+                                        "adam_scale": False}
+    assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True).output_layer.out_features == 3
 
 
+@pytest.mark.parametrize("adam_scale", [False, True], ids=["correction", "correction_and_scale"])
 @pytest.mark.parametrize("features", FEATURES)
 @pytest.mark.parametrize("make", RULES)
-def test_untrained_adam_correction_is_torch_adam(make, features):
-    check_untrained_adam_correction_is_adam(make(features, adam_lr=1e-2))
+def test_untrained_adam_correction_is_torch_adam(make, features, adam_scale):
+    check_untrained_adam_correction_is_adam(make(features, adam_lr=1e-2, adam_scale=adam_scale))
+
+
+@pytest.mark.parametrize("adam_scale", [False, True], ids=["correction", "correction_and_scale"])
+@pytest.mark.parametrize("make", RULES)
+def test_zero_output_layer_of_the_adam_correction_still_learns(make, adam_scale):
+    check_zero_output_layer_still_learns(make("adam", progress_features=True, adam_lr=1e-2, adam_scale=adam_scale),
+                                         SPACE, torch.randn(LAYOUT.total))
 
 
 @pytest.mark.parametrize("make", RULES)
-def test_zero_output_layer_of_the_adam_correction_still_learns(make):
-    check_zero_output_layer_still_learns(make("adam", progress_features=True, adam_lr=1e-2), SPACE,
-                                         torch.randn(LAYOUT.total))
+def test_adam_scale_multiplies_each_tensors_adam_step_by_ten_to_the_tanh_of_its_mean_output(make):
+    params, grads = torch.randn(LAYOUT.total), torch.randn(LAYOUT.total)
+    adam = make("adam", adam_lr=1e-2)
+    adam_step = adam(params, grads, torch.tensor(1.0), adam.init_state(params, SPACE), SPACE, adam.lr)[0] - params
+    rule = make("adam", adam_lr=1e-2, adam_scale=True)
+    with torch.no_grad():
+        rule.output_layer.bias[2] = 0.5  # a and b stay zero: no learned term, every coordinate's s is 0.5
+    new, _, info = rule(params, grads, torch.tensor(1.0), rule.init_state(params, SPACE), SPACE, rule.lr)
+    torch.testing.assert_close(new - params, 10 ** math.tanh(0.5) * adam_step)
+    torch.testing.assert_close(info["adam_scale"], torch.tensor(10 ** math.tanh(0.5)))
+    with torch.no_grad():
+        rule.output_layer.weight[2].normal_()  # s differs from coordinate to coordinate: its mean per tensor counts
+    ratio = (rule(params, grads, torch.tensor(1.0), rule.init_state(params, SPACE), SPACE, rule.lr)[0] - params) / adam_step
+    for segment in range(len(SPACE.segment_sizes)):
+        in_tensor = ratio[SPACE.segment_ids == segment]
+        torch.testing.assert_close(in_tensor, in_tensor[0].expand_as(in_tensor))
+    assert not torch.allclose(ratio, ratio[0].expand_as(ratio))
 
 
 @pytest.mark.parametrize("options", [{"features": "adam"}, {"features": "kofinas", "adam_lr": 1e-2}],

@@ -123,7 +123,7 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 8, head_layers: int | None = None,
         lr: float | None = None, exp_scale: float | None = None, progress_features: bool = False,
         adam_lr: float | None = None, output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
-        network_dtype: str = "float32",
+        network_dtype: str = "float32", adam_scale: bool = False,
         aggregators: Sequence[str] = ("mean", "min", "max", "std"), scalers: Sequence[str] = ("identity", "amplification"),
         degree_layout: Sequence[int] = TASK_17_LAYOUT, kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024,
         max_hidden_layers: int = 32, max_outputs: int = 1024,
@@ -134,13 +134,13 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         if len(degree_layout) < 2 or min(degree_layout) < 1:
             raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got {degree_layout}")
         super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
-                         chunk_size, network_dtype, head_layers=head_layers, aggregators=list(aggregators),
+                         chunk_size, network_dtype, adam_scale, head_layers=head_layers, aggregators=list(aggregators),
                          scalers=list(scalers), degree_layout=list(degree_layout), kernel_size=kernel_size,
                          max_inputs=max_inputs, max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
         num_features = self.features.num_features
         self.network = PNANetwork(num_features, hidden_dim, num_layers, aggregators, scalers,
                                   degree_histogram(degree_layout), kernel_size, max_inputs, max_hidden_layers, max_outputs)
-        self.head = PerParameterMLP(hidden_dim + num_features, hidden_dim, head_layers)
+        self.head = PerParameterMLP(hidden_dim + num_features, hidden_dim, head_layers, self.num_outputs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -1,0 +1,62 @@
+"""The learning-rate multiplier that an ``adam_scale`` rule puts on Adam's step, along a task-17 trajectory.
+
+    L2O_DATA_DIR=../shared/data python benchmarks/adam_scale_trace.py --checkpoints RUN.ckpt [RUN.ckpt ...] \
+        --steps 3000
+
+Each checkpoint's rule trains task 17 (validation seed 201 by default, never a test seed) for ``--steps`` steps;
+the table (one row per run folder) gives its ``adam_scale`` info (the mean over parameter tensors of ``10 ** tanh(s)``, the factor on Adam's
+step) at a few steps, and ``benchmarks/results/adam_scale_trace/<--name>.png`` plots the whole trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from lightning_l2o.checkpoints import load_meta_optimizer
+from lightning_l2o.evaluation import meta_test
+from lightning_l2o.tasks import TaskSpec
+
+RESULTS = Path(__file__).resolve().parent / "results" / "adam_scale_trace"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", nargs="+", required=True)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=201)
+    parser.add_argument("--name", default="task17")
+    args = parser.parse_args()
+    os.environ.setdefault("L2O_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    torch.set_num_threads(1)
+    marks = [t for t in (1, 10, 100, 300, 1000, 2000, 3000) if t <= args.steps]
+    lines = ["| checkpoint | " + " | ".join(f"step {t}" for t in marks) + " |", "|---" * (1 + len(marks)) + "|"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for path in args.checkpoints:
+        rule = load_meta_optimizer(path)
+        if not getattr(rule, "adam_scale", False):
+            raise SystemExit(f"{path}: its rule has no adam_scale output; give checkpoints of rules meta-trained with "
+                             f"adam_scale: true")
+        trace = meta_test(rule, TaskSpec(preset="17", horizon=args.steps, seed=args.seed)).infos["adam_scale"]
+        run = Path(path).parents[1].name  # <run>/checkpoints/<file>.ckpt
+        lines.append(f"| {run} | " + " | ".join(f"{trace[t - 1]:.2f}" for t in marks if t <= len(trace)) + " |")
+        ax.plot(range(1, len(trace) + 1), trace, label=run)
+    ax.set(xlabel="inner step", ylabel="factor on Adam's step (mean over tensors)",
+           title=f"task 17, seed {args.seed}")
+    ax.legend()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=120, bbox_inches="tight")
+    table = "\n".join(lines)
+    (RESULTS / f"{args.name}.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -290,9 +290,10 @@ def main() -> None:
     fit_parser.add_argument("--val-every", type=int, default=0,
                             help="validate every N outer steps on the config's validation tasks and keep the best "
                                  "checkpoint, which `report` then uses (0: no validation, report uses last.ckpt)")
-    fit_parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    fit_parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                             help="further settings of the config, as LightningCLI takes them without the leading --, "
-                                 "e.g. model.init_args.outer_lr=0.003 (the run's config.yaml records them)")
+                                 "e.g. model.init_args.outer_lr=0.003 (the run's config.yaml records them); "
+                                 "several after one --set or over repeated --set")
     report_parser = sub.add_parser("report")
     report_parser.add_argument("--runs", nargs="+",
                                help="run folders of each method (several: one per meta-training seed; default 0)")

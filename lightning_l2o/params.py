@@ -108,6 +108,11 @@ class ParamSpace:
     def numel(self) -> int:
         return self.layout.total
 
+    def segment_mean(self, x: Tensor) -> Tensor:
+        """The mean of ``x`` ``(n, ...)`` over each parameter tensor's entries: ``(num_tensors, ...)``."""
+        sums = x.new_zeros(len(self.segment_sizes), *x.shape[1:]).index_add(0, self.segment_ids, x)
+        return sums / self.segment_sizes.to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+
     @cached_property
     def _graph_or_error(self) -> NeuralGraph | ConfigError:
         from lightning_l2o.graphs import NeuralGraph

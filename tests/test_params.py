@@ -1,6 +1,6 @@
 import torch
 
-from lightning_l2o.params import ParamLayout
+from lightning_l2o.params import ParamLayout, ParamSpace
 
 
 def test_flatten_unflatten_round_trip():
@@ -29,3 +29,12 @@ def test_tasks_of_one_architecture_share_one_space_built_once():
     assert a.space is b.space and a.space.graph is b.space.graph
     assert build_task(TaskSpec("mlp", arch={"hidden": [6]}, dataset="digits")).space is not a.space
     assert a.space.segment_ids.tolist() == a.layout.segment_ids().tolist()
+
+
+def test_segment_mean_is_each_tensors_mean_for_vectors_and_matrices():
+    tensors = [("w", torch.randn(3, 4)), ("b", torch.randn(3))]
+    space = ParamSpace.of_layout(ParamLayout.from_tensors(tensors))
+    flat = ParamLayout.flatten([t for _, t in tensors])
+    expected = torch.stack([t.mean() for _, t in tensors])
+    torch.testing.assert_close(space.segment_mean(flat), expected)
+    torch.testing.assert_close(space.segment_mean(torch.stack([flat, 2 * flat], 1)), torch.stack([expected, 2 * expected], 1))

@@ -70,9 +70,7 @@ def per_tensor_scale(x: Tensor, space: ParamSpace) -> Tensor:
 
     ``x[rows] * scale[space.segment_ids[rows]]`` normalises the coordinates ``rows`` (``(c, k)``).
     """
-    segments, sizes = space.segment_ids, space.segment_sizes.to(x.dtype)
-    sums = x.new_zeros(len(sizes), x.shape[1]).index_add(0, segments, x.square())
-    return torch.rsqrt(SECOND_MOMENT_EPS + sums / sizes[:, None])
+    return torch.rsqrt(SECOND_MOMENT_EPS + space.segment_mean(x.square()))
 
 
 def time_features(step: Tensor) -> Tensor:

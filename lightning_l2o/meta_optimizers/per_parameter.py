@@ -184,7 +184,8 @@ class PerParameterOptimizer(MetaOptimizer):
         for rows in self._chunks(len(params)):
             outputs, network_state = self._run_network(features(rows), self._network_state(state, rows), rows, context)
             deltas.append(lr * outputs[:, 0] * torch.exp(self.exp_scale * outputs[:, 1]))
-            scale_outputs.append(outputs[:, OUTPUTS:])
+            if self.adam_scale:
+                scale_outputs.append(outputs[:, OUTPUTS])
             network_states.append(network_state)
         delta = torch.cat(deltas)
         network_state = {key: torch.cat([chunk[key] for chunk in network_states], dim)
@@ -196,21 +197,20 @@ class PerParameterOptimizer(MetaOptimizer):
                       if key.startswith(ADAM_STATE_PREFIX)}
         adam_lr = self.adam.lr * (lr / self.lr)
         stepped, adam_state, _ = self.adam(params.detach(), grads.detach(), loss, adam_state, space, adam_lr)
-        info = {}
+        scale_info = {}
         if self.adam_scale:
-            multiplier = self._adam_multiplier(torch.cat(scale_outputs)[:, 0], space)
+            multiplier = self._adam_multiplier(torch.cat(scale_outputs), space)
             stepped = stepped + (multiplier[space.segment_ids] - 1) * (stepped - params.detach())  # exact at 1
-            info["adam_scale"] = multiplier.detach().mean()
+            scale_info["adam_scale"] = multiplier.detach().mean()
         stepped = stepped + (params - params.detach())  # the same values, and d stepped / d params = 1
-        info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta), **info}
+        info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta), **scale_info}
         return stepped + delta, {**feature_state, **network_state, **_prefixed(adam_state)}, info
 
     @staticmethod
     def _adam_multiplier(scale_outputs: Tensor, space: ParamSpace) -> Tensor:
         """``s (n,)`` -> each tensor's factor on Adam's step, ``10 ** tanh(mean of s over the tensor)``:
         ``(num_tensors,)``."""
-        sums = scale_outputs.new_zeros(len(space.segment_sizes)).index_add(0, space.segment_ids, scale_outputs)
-        return ADAM_SCALE_RANGE ** torch.tanh(sums / space.segment_sizes.to(sums.dtype))
+        return ADAM_SCALE_RANGE ** torch.tanh(space.segment_mean(scale_outputs))
 
     def _chunks(self, n: int) -> Iterator[slice]:
         return (slice(start, start + self.chunk_size) for start in range(0, n, self.chunk_size))

@@ -30,7 +30,7 @@ from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures, build_fea
 from lightning_l2o.params import ParamSpace
 
 OUTPUTS = 2  # direction a and log-magnitude b
-ADAM_SCALE_OUTPUTS = 3  # a, b and the log-scale s of Adam's step (adam_scale)
+ADAM_SCALE_OUTPUTS = OUTPUTS + 1  # a, b and the log-scale s of Adam's step (adam_scale)
 ADAM_SCALE_RANGE = 10.0  # Adam's step is scaled by ADAM_SCALE_RANGE ** tanh(s): between 0.1x and 10x
 ADAM_STATE_PREFIX = "adam_"
 DEFAULT_CHUNK_SIZE = 16384

@@ -43,6 +43,7 @@ METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture and ff_adam_trajecto
 CONFIGS = (*METHODS, "ff_mixture", "ff_adam_trajectory")
 TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
 PRETRAINED = "{method}_fashion_mnist_task17"  # the shipped optimizers meta-trained on task 17
+METRICS = {"accuracy_pct": ("Δ test accuracy (pp)", 1), "log10_loss": ("Δ log10 final train loss", 3)}  # label, decimals
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -146,10 +147,11 @@ def preset_parameters(architecture: str) -> int:
 
 
 def generalization(reports: list[str], name: str) -> None:
-    """One table and one figure of every learned method's paired difference to tuned Adam on each preset of
-    ``reports``, written to ``benchmarks/results/replication/<name>/generalization.{md,png}``: entries ``NAME``,
-    ``NAME:METHOD`` (that method's rows only) or ``NAME:METHOD#K`` (its meta-seed K of a report given several
-    checkpoints); a preset and method found in several entries: the last one's row."""
+    """One table and one figure of every learned method's paired difference to tuned Adam (test accuracy and log10
+    final train loss) on each preset of ``reports``, written to
+    ``benchmarks/results/replication/<name>/generalization.{md,png}``: entries ``NAME``, ``NAME:METHOD`` (that
+    method's rows only) or ``NAME:METHOD#K`` (its meta-seed K of a report given several checkpoints); a preset and
+    method found in several entries: the last one's row."""
     rows: dict[tuple[str, str], dict[str, str]] = {}
     for entry in reports:
         report_name, _, selection = entry.partition(":")
@@ -171,13 +173,14 @@ def generalization(reports: list[str], name: str) -> None:
         raise SystemExit(f"generalization compares task presets only; {unknown} are not presets: leave their reports out")
     architectures = sorted({a for a, _ in rows}, key=preset_parameters)
     methods = list(dict.fromkeys(m for _, m in rows))
-    lines = ["| preset | parameters | Adam (tuned), % | " + " | ".join(f"{m}: Δ (pp) [95 % CI] (seeds)" for m in methods)
-             + " |", "|---" * (3 + len(methods)) + "|"]
+    header = [f"{m}: {label} [95 % CI] (seeds)" for m in methods for label in ("Δ accuracy (pp)", "Δ log10 loss")]
+    lines = ["| preset | parameters | Adam (tuned), % | " + " | ".join(header) + " |", "|---" * (3 + len(header)) + "|"]
     for a in architectures:
         most_pairs = max((rows[(a, m)] for m in methods if (a, m) in rows), key=lambda r: int(r["pairs"]))
         adam = f"{float(most_pairs['reference_accuracy_pct']):.1f} ({most_pairs['pairs']})"
         cells = [a, f"{preset_parameters(a):,}", adam]
-        lines.append("| " + " | ".join(cells + [_difference(rows.get((a, m))) for m in methods]) + " |")
+        differences = [_difference(rows.get((a, m)), metric) for m in methods for metric in METRICS]
+        lines.append("| " + " | ".join(cells + differences) + " |")
     out = OUT / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "generalization.md").write_text("\n".join(lines) + "\n")
@@ -231,47 +234,57 @@ def baselines_table(report_name: str) -> None:
     print(f"written: {OUT / report_name / 'baselines.md'}")
 
 
-def _difference(row: dict[str, str] | None) -> str:
+def _difference(row: dict[str, str] | None, metric: str = "accuracy_pct") -> str:
+    """A ``paired.csv`` row's difference in ``metric`` (a key of :data:`METRICS`) as :func:`_difference_cell`."""
     if row is None:
         return "—"
-    diff, low, high = (float(row[f"accuracy_pct_{k}"]) for k in ("diff", "ci_low", "ci_high"))
-    return _difference_cell(diff, low, high, row["accuracy_pct_verdict"], row["pairs"])
+    diff, low, high = (float(row[f"{metric}_{k}"]) for k in ("diff", "ci_low", "ci_high"))
+    return _difference_cell(diff, low, high, row[f"{metric}_verdict"], row["pairs"], METRICS[metric][1])
 
 
-def _difference_cell(diff: float, low: float, high: float, verdict: str, pairs: int | str) -> str:
-    """``+1.2 [+0.3, +2.1] better (3)``: a paired difference in points, its 95 % CI and verdict (none without a CI)."""
-    interval = f" [{low:+.1f}, {high:+.1f}] {verdict}" if math.isfinite(low) else ""
-    return f"{diff:+.1f}{interval} ({pairs})"
+def _difference_cell(diff: float, low: float, high: float, verdict: str, pairs: int | str, decimals: int = 1) -> str:
+    """``+1.2 [+0.3, +2.1] better (3)``: a paired difference, its 95 % CI and verdict (none without a CI)."""
+    interval = f" [{low:+.{decimals}f}, {high:+.{decimals}f}] {verdict}" if math.isfinite(low) else ""
+    return f"{diff:+.{decimals}f}{interval} ({pairs})"
 
 
 def _plot_generalization(rows: dict[tuple[str, str], dict[str, str]], methods: list[str], path: Path) -> None:
+    """Panels: (test accuracy, log10 final loss) x (width, depth); one series per method and dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, panels = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for panel, axis in zip(panels, ("width", "depth")):
-        for i, method in enumerate(methods):
-            points = sorted((preset_axes(a)[axis], r) for (a, m), r in rows.items()
-                            if m == method and axis in preset_axes(a))
-            if not points:
-                continue
-            shift = i - (len(methods) - 1) / 2  # methods side by side around each preset
-            x = [p * 1.04**shift if axis == "width" else p + 0.08 * shift for p, _ in points]
-            diff, low, high = ([float(r[f"accuracy_pct_{k}"]) for _, r in points] for k in ("diff", "ci_low", "ci_high"))
-            below = [d - lo if math.isfinite(lo) else 0.0 for d, lo in zip(diff, low)]
-            above = [hi - d if math.isfinite(hi) else 0.0 for d, hi in zip(diff, high)]
-            panel.errorbar(x, diff, yerr=[below, above], marker="o", capsize=3, label=method)
-        panel.axhline(0, color="black", linewidth=0.8)
-        if axis == "width":
-            panel.set_xscale("log", base=2)
-            panel.axvline(16, color="grey", linestyle=":", label="meta-training width (task 17)")
-        panel.set_xlabel(f"CNN {axis} ({'first-layer channels' if axis == 'width' else 'conv layers'})")
-        panel.grid(alpha=0.3)
-    panels[0].set_ylabel("Δ test accuracy vs tuned Adam (pp)")
-    panels[0].legend(fontsize=8)
-    fig.suptitle("Paired difference to tuned Adam, 95 % CI (no bar: one seed)", fontsize=10)
+    datasets = list(dict.fromkeys(a.split("-")[0] for a, _ in rows))
+    series = [(m, d) for m in methods for d in datasets]
+    fig, panels = plt.subplots(len(METRICS), 2, figsize=(10, 3.6 * len(METRICS)), sharey="row", squeeze=False)
+    for panel_row, (metric, (label, _)) in zip(panels, METRICS.items()):
+        for panel, axis in zip(panel_row, ("width", "depth")):
+            for i, (method, dataset) in enumerate(series):
+                points = sorted((preset_axes(a)[axis], r) for (a, m), r in rows.items()
+                                if m == method and a.startswith(f"{dataset}-") and axis in preset_axes(a))
+                if not points:
+                    continue
+                shift = i - (len(series) - 1) / 2  # series side by side around each preset
+                x = [p * 1.04**shift if axis == "width" else p + 0.08 * shift for p, _ in points]
+                diff, low, high = ([float(r[f"{metric}_{k}"]) for _, r in points] for k in ("diff", "ci_low", "ci_high"))
+                below = [d - lo if math.isfinite(lo) else 0.0 for d, lo in zip(diff, low)]
+                above = [hi - d if math.isfinite(hi) else 0.0 for d, hi in zip(diff, high)]
+                name = method if len(datasets) == 1 else f"{method}, {dataset}"
+                panel.errorbar(x, diff, yerr=[below, above], marker="o", capsize=3, label=name)
+            panel.axhline(0, color="black", linewidth=0.8)
+            if axis == "width":
+                panel.set_xscale("log", base=2)
+                panel.axvline(16, color="grey", linestyle=":", label="meta-training width (task 17)")
+            else:
+                panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+            panel.set_xlabel(f"CNN {axis} ({'first-layer channels' if axis == 'width' else 'conv layers'})")
+            panel.grid(alpha=0.3)
+        panel_row[0].set_ylabel(f"{label} vs tuned Adam")
+    panels[0][0].legend(fontsize=8)
+    fig.suptitle("Paired difference to tuned Adam, 95 % CI (no bar: one seed); accuracy: higher is better, "
+                 "loss: lower", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -173,7 +173,7 @@ def generalization(reports: list[str], name: str) -> None:
         raise SystemExit(f"generalization compares task presets only; {unknown} are not presets: leave their reports out")
     architectures = sorted({a for a, _ in rows}, key=preset_parameters)
     methods = list(dict.fromkeys(m for _, m in rows))
-    header = [f"{m}: {label} [95 % CI] (seeds)" for m in methods for label in ("Δ accuracy (pp)", "Δ log10 loss")]
+    header = [f"{m}: {label} [95 % CI] (seeds)" for m in methods for label, _ in METRICS.values()]
     lines = ["| preset | parameters | Adam (tuned), % | " + " | ".join(header) + " |", "|---" * (3 + len(header)) + "|"]
     for a in architectures:
         most_pairs = max((rows[(a, m)] for m in methods if (a, m) in rows), key=lambda r: int(r["pairs"]))

@@ -9,6 +9,8 @@ report's criterion (:func:`~lightning_l2o.evaluation.best_lrs`: the lowest mean 
 17's validation seeds): once over ``--lrs`` at beta2 0.999 (``torch.optim.Adam``'s default), once over every
 (lr, beta2) pair. Both then train the test seeds; the table gives the validation score of every pair and the paired
 difference (pair-tuned − lr-tuned) in test accuracy and log10 final training loss with 95 % confidence intervals.
+``--checkpoints NAME=PATH ...`` (a ``fit`` checkpoint or ``pretrained:<name>``) adds each learned rule, run on the
+same test seeds, paired against both Adams.
 Runs are cached in ``benchmarks/results/replication/runs`` (shared with ``replication.py report`` and
 ``adam_lr_grid.py``); the table goes to ``benchmarks/results/adam_betas/<--name>.md``.
 """
@@ -23,7 +25,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.evaluation import Trajectory, TrajectoryCache, best_lrs, log10_loss
+from lightning_l2o.meta_optimizers import MetaOptimizer
 from lightning_l2o.meta_optimizers.baselines import Adam
 from lightning_l2o.reporting import paired
 from lightning_l2o.tasks import TaskSpec
@@ -41,21 +45,30 @@ def main() -> None:
     parser.add_argument("--val-seeds", type=int, nargs="+", default=list(range(201, 211)))
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--name", default="task17")
+    parser.add_argument("--checkpoints", nargs="*", default=[], metavar="NAME=PATH",
+                        help="learned rules to pair against both Adams, e.g. ff_mixture=pretrained:ff_mixture_adam_scale")
     args = parser.parse_args()
     if DEFAULT_BETA2 not in args.beta2:
         parser.error(f"--beta2 must include {DEFAULT_BETA2}, the lr-only tuning's beta2")
     if set(args.seeds) & set(args.val_seeds):
         parser.error("--seeds and --val-seeds must be disjoint: tuning never sees a test seed")
+    if any("=" not in entry for entry in args.checkpoints):
+        parser.error(f"--checkpoints entries are NAME=PATH, got {args.checkpoints}")
+    learned = {name: load_meta_optimizer(path) for name, path in (e.split("=", 1) for e in args.checkpoints)}
     os.environ.setdefault("L2O_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     torch.set_num_threads(1)
     template = TaskSpec(preset="17", horizon=args.steps)
     settings = [(lr, beta2) for beta2 in args.beta2 for lr in args.lrs]
     cache = TrajectoryCache(CACHE)
-    progress = tqdm(total=(len(settings) * len(args.val_seeds) + 2 * len(args.seeds)), desc="Adam runs", unit="run")
+    runs = len(settings) * len(args.val_seeds) + (2 + len(learned)) * len(args.seeds)
+    progress = tqdm(total=runs, desc="evaluation runs", unit="run")
 
     def run(setting: tuple[float, float], seed: int) -> Trajectory:
         lr, beta2 = setting
-        trajectory = cache.meta_test(Adam(lr=lr, beta2=beta2), template.with_seed(seed), "adam")
+        return run_rule(Adam(lr=lr, beta2=beta2), "adam", seed)
+
+    def run_rule(rule: MetaOptimizer, method: str, seed: int) -> Trajectory:
+        trajectory = cache.meta_test(rule, template.with_seed(seed), method)
         progress.update()
         return trajectory
 
@@ -69,6 +82,7 @@ def main() -> None:
               for i, setting in enumerate(settings)}
 
     test = {label: {seed: run(setting, seed) for seed in args.seeds} for label, setting in chosen.items()}
+    test.update({name: {seed: run_rule(rule, name, seed) for seed in args.seeds} for name, rule in learned.items()})
     progress.close()
     lines = [(f"Adam on task 17, {args.steps} steps; validation seeds {min(args.val_seeds)}-{max(args.val_seeds)} "
               f"({len(args.val_seeds)}), {len(args.seeds)} paired test seeds ({min(args.seeds)}-{max(args.seeds)})."), "",
@@ -82,15 +96,23 @@ def main() -> None:
         accuracy = statistics.fmean(100 * t.final["test_accuracy"] for t in runs)
         loss = statistics.fmean(log10_loss(t.final_loss) for t in runs)
         lines.append(f"| {label} | ({lr:g}, {beta2:g}) | {accuracy:.2f} | {loss:.3f} |")
-    lines += ["", "| (lr, beta2)-tuned − lr-tuned | Δ [95 % CI] | wins / losses | pairs | verdict |", "|---|---|---|---|---|"]
+    for name, runs in test.items():
+        if name in learned:
+            accuracy = statistics.fmean(100 * t.final["test_accuracy"] for t in runs.values())
+            loss = statistics.fmean(log10_loss(t.final_loss) for t in runs.values())
+            lines.append(f"| {name} (learned) | — | {accuracy:.2f} | {loss:.3f} |")
+    lines += ["", "| comparison | metric | Δ [95 % CI] | wins / losses | pairs | verdict |", "|---|---|---|---|---|---|"]
     metrics = (("test accuracy (pp)", lambda t: 100 * t.final["test_accuracy"], True),
                ("log10 final train loss", lambda t: log10_loss(t.final_loss), False))
-    for label, value, higher in metrics:
-        result = paired([value(test["(lr, beta2)"][s]) for s in args.seeds], [value(test["lr"][s]) for s in args.seeds],
-                        higher)
-        digits = 2 if higher else 3
-        lines.append(f"| {label} | {result.mean:+.{digits}f} [{result.low:+.{digits}f}, {result.high:+.{digits}f}] | "
-                     f"{result.wins} / {result.losses} | {result.n} | {result.verdict} |")
+    comparisons = [("(lr, beta2)", "lr")] + [(name, reference) for name in learned for reference in chosen]
+    for ours, reference in comparisons:
+        for label, value, higher in metrics:
+            result = paired([value(test[ours][s]) for s in args.seeds], [value(test[reference][s]) for s in args.seeds],
+                            higher)
+            digits = 2 if higher else 3
+            lines.append(f"| {ours if ours in learned else f'Adam tuned over {ours}'} − Adam tuned over {reference} | {label} | {result.mean:+.{digits}f} "
+                         f"[{result.low:+.{digits}f}, {result.high:+.{digits}f}] | {result.wins} / {result.losses} | "
+                         f"{result.n} | {result.verdict} |")
     table = "\n".join(lines)
     out = RESULTS / "adam_betas"
     out.mkdir(parents=True, exist_ok=True)

@@ -91,16 +91,11 @@ def main() -> None:
         lines.append(f"| {beta2:g} | " + " | ".join(f"{scores[(lr, beta2)]:.3f}" for lr in args.lrs) + " |")
     lines += ["", "(mean validation log10 final train loss; lower is better)", "",
               "| tuned over | chosen (lr, beta2) | test accuracy (%) | log10 final train loss |", "|---|---|---|---|"]
-    for label, (lr, beta2) in chosen.items():
-        runs = test[label].values()
-        accuracy = statistics.fmean(100 * t.final["test_accuracy"] for t in runs)
-        loss = statistics.fmean(log10_loss(t.final_loss) for t in runs)
-        lines.append(f"| {label} | ({lr:g}, {beta2:g}) | {accuracy:.2f} | {loss:.3f} |")
-    for name, runs in test.items():
-        if name in learned:
-            accuracy = statistics.fmean(100 * t.final["test_accuracy"] for t in runs.values())
-            loss = statistics.fmean(log10_loss(t.final_loss) for t in runs.values())
-            lines.append(f"| {name} (learned) | — | {accuracy:.2f} | {loss:.3f} |")
+    for label, runs in test.items():
+        setting = "({:g}, {:g})".format(*chosen[label]) if label in chosen else "— (learned)"
+        accuracy = statistics.fmean(100 * t.final["test_accuracy"] for t in runs.values())
+        loss = statistics.fmean(log10_loss(t.final_loss) for t in runs.values())
+        lines.append(f"| {label} | {setting} | {accuracy:.2f} | {loss:.3f} |")
     lines += ["", "| comparison | metric | Δ [95 % CI] | wins / losses | pairs | verdict |", "|---|---|---|---|---|---|"]
     metrics = (("test accuracy (pp)", lambda t: 100 * t.final["test_accuracy"], True),
                ("log10 final train loss", lambda t: log10_loss(t.final_loss), False))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +36,10 @@ from lightning_l2o.tasks import TaskSpec
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "replication" / "runs"
 DEFAULT_BETA2 = 0.999
+METRICS: tuple[tuple[str, Callable[[Trajectory], float], bool], ...] = (  # label, value of a run, higher is better
+    ("test accuracy (pp)", lambda t: 100 * t.final["test_accuracy"], True),
+    ("log10 final train loss", lambda t: log10_loss(t.final_loss), False),
+)
 
 
 def main() -> None:
@@ -60,8 +65,8 @@ def main() -> None:
     template = TaskSpec(preset="17", horizon=args.steps)
     settings = [(lr, beta2) for beta2 in args.beta2 for lr in args.lrs]
     cache = TrajectoryCache(CACHE)
-    runs = len(settings) * len(args.val_seeds) + (2 + len(learned)) * len(args.seeds)
-    progress = tqdm(total=runs, desc="evaluation runs", unit="run")
+    total_runs = len(settings) * len(args.val_seeds) + (2 + len(learned)) * len(args.seeds)
+    progress = tqdm(total=total_runs, desc="evaluation runs", unit="run")
 
     def run(setting: tuple[float, float], seed: int) -> Trajectory:
         lr, beta2 = setting
@@ -93,19 +98,17 @@ def main() -> None:
               "| tuned over | chosen (lr, beta2) | test accuracy (%) | log10 final train loss |", "|---|---|---|---|"]
     for label, runs in test.items():
         setting = "({:g}, {:g})".format(*chosen[label]) if label in chosen else "— (learned)"
-        accuracy = statistics.fmean(100 * t.final["test_accuracy"] for t in runs.values())
-        loss = statistics.fmean(log10_loss(t.final_loss) for t in runs.values())
-        lines.append(f"| {label} | {setting} | {accuracy:.2f} | {loss:.3f} |")
+        means = [statistics.fmean(value(t) for t in runs.values()) for _, value, _ in METRICS]
+        lines.append(f"| {label} | {setting} | {means[0]:.2f} | {means[1]:.3f} |")
     lines += ["", "| comparison | metric | Δ [95 % CI] | wins / losses | pairs | verdict |", "|---|---|---|---|---|---|"]
-    metrics = (("test accuracy (pp)", lambda t: 100 * t.final["test_accuracy"], True),
-               ("log10 final train loss", lambda t: log10_loss(t.final_loss), False))
     comparisons = [("(lr, beta2)", "lr")] + [(name, reference) for name in learned for reference in chosen]
     for ours, reference in comparisons:
-        for label, value, higher in metrics:
+        name = ours if ours in learned else f"Adam tuned over {ours}"
+        for label, value, higher in METRICS:
             result = paired([value(test[ours][s]) for s in args.seeds], [value(test[reference][s]) for s in args.seeds],
                             higher)
             digits = 2 if higher else 3
-            lines.append(f"| {ours if ours in learned else f'Adam tuned over {ours}'} − Adam tuned over {reference} | {label} | {result.mean:+.{digits}f} "
+            lines.append(f"| {name} − Adam tuned over {reference} | {label} | {result.mean:+.{digits}f} "
                          f"[{result.low:+.{digits}f}, {result.high:+.{digits}f}] | {result.wins} / {result.losses} | "
                          f"{result.n} | {result.verdict} |")
     table = "\n".join(lines)

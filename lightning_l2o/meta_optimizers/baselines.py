@@ -54,14 +54,21 @@ class Adam(MetaOptimizer):
         return {"exp_avg": zeros, "exp_avg_sq": zeros.clone(), "step": params.new_zeros(())}
 
     def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace, lr: float | Tensor):
+        m_hat, v_hat, new_state = self.moments(grads, state)
+        return self.apply_step(params, m_hat, v_hat.sqrt(), lr), new_state, {}
+
+    def moments(self, grads: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """The bias-corrected moments ``m_hat, v_hat`` ``(n,)`` after ``grads``, and the new state."""
         step = state["step"] + 1
         m = self.beta1 * state["exp_avg"] + (1 - self.beta1) * grads
         v = self.beta2 * state["exp_avg_sq"] + (1 - self.beta2) * grads.square()
-        m_hat = m / (1 - self.beta1**step)
-        v_hat = v / (1 - self.beta2**step)
+        return m / (1 - self.beta1**step), v / (1 - self.beta2**step), {"exp_avg": m, "exp_avg_sq": v, "step": step}
+
+    def apply_step(self, params: Tensor, m_hat: Tensor, denominator: Tensor, lr: float | Tensor) -> Tensor:
+        """``params (n,)`` after decoupled weight decay and the step ``-lr m_hat / (denominator + eps)``; Adam's
+        denominator is ``sqrt(v_hat)``."""
         decayed = params * (1 - lr * self.weight_decay) if self.weight_decay else params
-        new_params = decayed - lr * m_hat / (v_hat.sqrt() + self.eps)
-        return new_params, {"exp_avg": m, "exp_avg_sq": v, "step": step}, {}
+        return decayed - lr * m_hat / (denominator + self.eps)
 
 
 class AdamW(Adam):

@@ -9,8 +9,10 @@ and ``theta <- theta + delta`` (Kofinas et al. 2024: ``lr = exp_scale = 0.01``; 
 Inductive biases (constructor arguments, so YAML options): ``progress_features`` appends training-progress
 features; ``adam_lr`` makes the update a learned correction on top of an Adam step, ``theta <- adam(theta) +
 delta``, with the output layer zero-initialised so that the untrained rule is Adam; ``adam_scale`` adds a third
-output that rescales Adam's step per tensor (a learned per-layer learning rate and schedule); ``output_scale``
-shrinks the output layer's initial weights so that an untrained random draw takes small steps.
+output that rescales Adam's step per tensor (a learned per-layer learning rate and schedule);
+``adam_fast_beta2`` adds an output that, per coordinate, moves Adam's denominator geometrically towards (or away
+from) a second, faster second moment (a learned beta2); ``output_scale`` shrinks the output layer's initial weights
+so that an untrained random draw takes small steps.
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State, check_positive
+from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State, check_fraction, check_positive
 from lightning_l2o.meta_optimizers.baselines import Adam
 from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures, build_feature_set
 from lightning_l2o.params import ParamSpace
 
-OUTPUTS = 2  # direction a and log-magnitude b
-ADAM_SCALE_OUTPUTS = OUTPUTS + 1  # a, b and the log-scale s of Adam's step (adam_scale)
+OUTPUTS = 2  # direction a and log-magnitude b; then s (adam_scale) and r (adam_fast_beta2) where enabled
 ADAM_SCALE_RANGE = 10.0  # Adam's step is scaled by ADAM_SCALE_RANGE ** tanh(s): between 0.1x and 10x
 ADAM_STATE_PREFIX = "adam_"
+FAST_SECOND_MOMENT = "fast_exp_avg_sq"  # the faster second moment of adam_fast_beta2, in the state as adam_fast_...
+TINY = 1e-30  # keeps the ratio of the two second moments finite where a gradient has been exactly 0
 DEFAULT_CHUNK_SIZE = 16384
 NETWORK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -45,7 +48,8 @@ class PerParameterOptimizer(MetaOptimizer):
     network works on the whole vector at once, as PNA's GNN does). Its ``info``: ``update_rms``, the RMS of the
     whole update, and with ``adam_lr`` ``correction_rms``, that of the learned term.
 
-    Outputs: :attr:`num_outputs` per coordinate, ``(a, b)``, and ``s`` with ``adam_scale``.
+    Outputs: :attr:`num_outputs` per coordinate, ``(a, b)``, then ``s`` with ``adam_scale`` and ``r`` with
+    ``adam_fast_beta2``.
 
     Chunking: :meth:`forward` computes whole-vector quantities once (the feature state, per-tensor statistics,
     :meth:`network_context`), then runs features -> network -> update on ``chunk_size`` coordinates at a time,
@@ -76,6 +80,13 @@ class PerParameterOptimizer(MetaOptimizer):
             tensor is multiplied by ``10 ** tanh(mean of s over the tensor)`` (0.1x to 10x; 1 at the
             zero-initialised start, so the untrained rule is still Adam): with ``progress_features``, a learned
             per-layer learning rate and schedule. ``info`` gains ``adam_scale``, the mean multiplier over tensors.
+        adam_beta2: beta2 of the Adam step (``torch.optim.Adam``'s 0.999 by default).
+        adam_fast_beta2: with ``adam_lr``, the rule also keeps a faster second moment ``u`` (this beta2, e.g. 0.99),
+            the network has a further output ``r`` per coordinate, and Adam's denominator ``sqrt(v_hat)`` becomes
+            ``sqrt(v_hat) * (u_hat / v_hat) ** (tanh(r) / 2)``: at ``tanh(r) = 1`` that of the fast moment, at 0
+            (the zero-initialised start: the untrained rule is still Adam) Adam's, in between their geometric mean,
+            below 0 further from the fast one. A learned beta2 per coordinate. ``info`` gains ``adam_fast_weight``,
+            the mean of ``tanh(r)``.
         output_scale: factor on the initial weights and bias of the network's output layer (e.g. 0.01: an
             untrained random draw's first updates are ~100x smaller); 1.0 is PyTorch's default init.
         chunk_size: coordinates per chunk (see above).
@@ -94,7 +105,7 @@ class PerParameterOptimizer(MetaOptimizer):
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 2, lr: float | None = None,
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
         output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
-        adam_scale: bool = False, **config: Any,
+        adam_scale: bool = False, adam_beta2: float = 0.999, adam_fast_beta2: float | None = None, **config: Any,
     ) -> None:
         owner = type(self).__name__
         feature_set = build_feature_set(features, progress_features)
@@ -119,19 +130,26 @@ class PerParameterOptimizer(MetaOptimizer):
         if adam_scale and adam_lr is None:
             raise ConfigError(f"{owner}: adam_scale rescales the Adam step, and there is none: set adam_lr (e.g. "
                               f"0.01) or adam_scale: false")
+        if adam_fast_beta2 is not None and adam_lr is None:
+            raise ConfigError(f"{owner}: adam_fast_beta2 reweighs the Adam step's denominator, and there is none: set "
+                              f"adam_lr (e.g. 0.01) or adam_fast_beta2: null")
+        check_fraction(owner, adam_beta2=adam_beta2, **({} if adam_fast_beta2 is None else
+                                                        {"adam_fast_beta2": adam_fast_beta2}))
         super().__init__(features=features, hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale,
                          progress_features=progress_features, adam_lr=adam_lr, output_scale=output_scale,
-                         chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale, **config)
+                         chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale,
+                         adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, **config)
         self.features = feature_set
         self.lr, self.exp_scale, self.output_scale = lr, exp_scale, output_scale
         self.chunk_size, self.network_dtype = chunk_size, NETWORK_DTYPES[network_dtype]
-        self.adam = None if adam_lr is None else Adam(lr=adam_lr)
-        self.adam_scale = adam_scale
+        self.adam = None if adam_lr is None else Adam(lr=adam_lr, beta2=adam_beta2)
+        self.adam_scale, self.adam_fast_beta2 = adam_scale, adam_fast_beta2
 
     @property
     def num_outputs(self) -> int:
-        """Outputs of the network per coordinate: ``(a, b)``, and ``s`` with ``adam_scale``."""
-        return ADAM_SCALE_OUTPUTS if self.adam_scale else OUTPUTS
+        """Outputs of the network per coordinate: ``(a, b)``, then ``s`` with ``adam_scale`` and ``r`` with
+        ``adam_fast_beta2``."""
+        return OUTPUTS + self.adam_scale + (self.adam_fast_beta2 is not None)
 
     def with_config(self, **changes: Any) -> PerParameterOptimizer:
         """This rule, with its weights, rebuilt with ``changes`` to its recorded constructor arguments (e.g.
@@ -154,6 +172,8 @@ class PerParameterOptimizer(MetaOptimizer):
 
     def init_state(self, params: Tensor, space: ParamSpace) -> State:
         adam_state = {} if self.adam is None else _prefixed(self.adam.init_state(params, space))
+        if self.adam_fast_beta2 is not None:
+            adam_state[ADAM_STATE_PREFIX + FAST_SECOND_MOMENT] = params.new_zeros(params.shape)
         return {**self.features.init_state(params, space), **self.init_network_state(params), **adam_state}
 
     def init_network_state(self, params: Tensor) -> State:
@@ -180,12 +200,11 @@ class PerParameterOptimizer(MetaOptimizer):
                 lr: float | Tensor):
         features, feature_state = self.features.prepare(params, grads, state, space)
         context = self.network_context(features, space)
-        deltas, scale_outputs, network_states = [], [], []
+        deltas, adam_outputs, network_states = [], [], []
         for rows in self._chunks(len(params)):
             outputs, network_state = self._run_network(features(rows), self._network_state(state, rows), rows, context)
             deltas.append(lr * outputs[:, 0] * torch.exp(self.exp_scale * outputs[:, 1]))
-            if self.adam_scale:
-                scale_outputs.append(outputs[:, OUTPUTS])
+            adam_outputs.append(outputs[:, OUTPUTS:])
             network_states.append(network_state)
         delta = torch.cat(deltas)
         network_state = {key: torch.cat([chunk[key] for chunk in network_states], dim)
@@ -196,14 +215,24 @@ class PerParameterOptimizer(MetaOptimizer):
         adam_state = {key[len(ADAM_STATE_PREFIX):]: value for key, value in state.items()
                       if key.startswith(ADAM_STATE_PREFIX)}
         adam_lr = self.adam.lr * (lr / self.lr)
-        stepped, adam_state, _ = self.adam(params.detach(), grads.detach(), loss, adam_state, space, adam_lr)
-        scale_info = {}
+        adam_outputs = torch.cat(adam_outputs)
+        m_hat, v_hat, adam_state = self.adam.moments(grads.detach(), adam_state)
+        denominator, adam_info = v_hat.sqrt(), {}
+        if self.adam_fast_beta2 is not None:
+            beta2 = self.adam_fast_beta2
+            fast = beta2 * state[ADAM_STATE_PREFIX + FAST_SECOND_MOMENT] + (1 - beta2) * grads.detach().square()
+            adam_state[FAST_SECOND_MOMENT] = fast
+            fast_weight = torch.tanh(adam_outputs[:, -1])
+            ratio = (fast / (1 - beta2 ** adam_state["step"]) + TINY) / (v_hat + TINY)
+            denominator = denominator * ratio ** (fast_weight / 2)  # exactly sqrt(v_hat) at weight 0
+            adam_info["adam_fast_weight"] = fast_weight.detach().mean()
+        stepped = self.adam.apply_step(params.detach(), m_hat, denominator, adam_lr)
         if self.adam_scale:
-            multiplier = self._adam_multiplier(torch.cat(scale_outputs), space)
+            multiplier = self._adam_multiplier(adam_outputs[:, 0], space)
             stepped = stepped + (multiplier[space.segment_ids] - 1) * (stepped - params.detach())  # exact at 1
-            scale_info["adam_scale"] = multiplier.detach().mean()
+            adam_info["adam_scale"] = multiplier.detach().mean()
         stepped = stepped + (params - params.detach())  # the same values, and d stepped / d params = 1
-        info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta), **scale_info}
+        info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta), **adam_info}
         return stepped + delta, {**feature_state, **network_state, **_prefixed(adam_state)}, info
 
     @staticmethod

@@ -38,10 +38,17 @@ OPTIONS = {  # every inductive-bias option, alone and together
     "adam_progress": {"features": "adam", "progress_features": True},
     "adam_correction": {"features": "kofinas", "adam_lr": 1e-2},
     "adam_scale": {"features": "kofinas", "adam_lr": 1e-2, "adam_scale": True},
-    "all": {"features": "adam", "progress_features": True, "adam_lr": 1e-2, "adam_scale": True},
+    "adam_fast_beta2": {"features": "kofinas", "adam_lr": 1e-2, "adam_fast_beta2": 0.99},
+    "all": {"features": "adam", "progress_features": True, "adam_lr": 1e-2, "adam_scale": True, "adam_fast_beta2": 0.99},
     "output_scale": {"features": "kofinas", "output_scale": 0.01},
 }
 FEATURE_OPTIONS = {"kofinas": {"features": "kofinas"}, **OPTIONS}
+ADAM_OPTIONS = [  # what the network adds to the Adam step
+    pytest.param({}, id="correction"),
+    pytest.param({"adam_scale": True}, id="correction_and_scale"),
+    pytest.param({"adam_fast_beta2": 0.99}, id="correction_and_fast_beta2"),
+    pytest.param({"adam_scale": True, "adam_fast_beta2": 0.99}, id="correction_scale_and_fast_beta2"),
+]
 
 
 def small_mlp() -> nn.Module:
@@ -199,6 +206,9 @@ def test_unrolled_meta_gradient_reaches_every_weight(make):
     ({"output_scale": -1.0}, "output_scale must be > 0, got -1.0; e.g. 0.01"),
     ({"adam_lr": 1e-2, "output_scale": 0.01}, "remove output_scale or set adam_lr: null"),
     ({"adam_scale": True}, "adam_scale rescales the Adam step, and there is none: set adam_lr"),
+    ({"adam_fast_beta2": 0.99}, "adam_fast_beta2 reweighs the Adam step's denominator, and there is none: set adam_lr"),
+    ({"adam_lr": 1e-2, "adam_fast_beta2": 1.0}, r"adam_fast_beta2 must be in \[0, 1\), got 1.0"),
+    ({"adam_lr": 1e-2, "adam_beta2": -0.1}, r"adam_beta2 must be in \[0, 1\), got -0.1"),
     ({"features": "metz", "progress_features": True}, "set progress_features: false"),
     ({"chunk_size": 0}, "chunk_size must be a positive integer, got 0; e.g. 16384"),
     ({"chunk_size": 1.5}, "chunk_size must be a positive integer, got 1.5"),
@@ -220,21 +230,24 @@ def test_options_set_the_input_width_the_state_and_the_recorded_config():
     assert FFMetaOptimizer().config == {"features": "kofinas", "hidden_dim": 64, "num_layers": 2, "lr": 0.01,
                                         "exp_scale": 0.01, "progress_features": False, "adam_lr": None,
                                         "output_scale": 1.0, "chunk_size": 16384, "network_dtype": "float32",
-                                        "adam_scale": False}
+                                        "adam_scale": False, "adam_beta2": 0.999, "adam_fast_beta2": None}
     assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True).output_layer.out_features == 3
+    assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True, adam_fast_beta2=0.99).output_layer.out_features == 4
+    state = FFMetaOptimizer(adam_lr=1e-2, adam_fast_beta2=0.99).init_state(params, SPACE)
+    assert set(state) == {"momenta", "adam_exp_avg", "adam_exp_avg_sq", "adam_step", "adam_fast_exp_avg_sq"}
 
 
-@pytest.mark.parametrize("adam_scale", [False, True], ids=["correction", "correction_and_scale"])
+@pytest.mark.parametrize("adam_options", ADAM_OPTIONS)
 @pytest.mark.parametrize("features", FEATURES)
 @pytest.mark.parametrize("make", RULES)
-def test_untrained_adam_correction_is_torch_adam(make, features, adam_scale):
-    check_untrained_adam_correction_is_adam(make(features, adam_lr=1e-2, adam_scale=adam_scale))
+def test_untrained_adam_correction_is_torch_adam(make, features, adam_options):
+    check_untrained_adam_correction_is_adam(make(features, adam_lr=1e-2, **adam_options))
 
 
-@pytest.mark.parametrize("adam_scale", [False, True], ids=["correction", "correction_and_scale"])
+@pytest.mark.parametrize("adam_options", ADAM_OPTIONS)
 @pytest.mark.parametrize("make", RULES)
-def test_zero_output_layer_of_the_adam_correction_still_learns(make, adam_scale):
-    check_zero_output_layer_still_learns(make("adam", progress_features=True, adam_lr=1e-2, adam_scale=adam_scale),
+def test_zero_output_layer_of_the_adam_correction_still_learns(make, adam_options):
+    check_zero_output_layer_still_learns(make("adam", progress_features=True, adam_lr=1e-2, **adam_options),
                                          SPACE, torch.randn(LAYOUT.total))
 
 
@@ -403,3 +416,35 @@ def test_a_bfloat16_network_gives_an_update_within_a_few_percent_of_float32(make
     assert 0 < relative < 0.05
     assert all(v.dtype == torch.float32 for v in state.values()) and result.dtype == torch.float32
     assert bf16.config["network_dtype"] == "bfloat16" and rule.config["network_dtype"] == "float32"
+
+
+@pytest.mark.parametrize("make", RULES)
+def test_adam_fast_beta2_moves_adams_denominator_to_the_fast_second_moment_per_coordinate(make):
+    grads = [torch.randn(LAYOUT.total) for _ in range(3)]
+
+    def adam_step(rule: PerParameterOptimizer) -> Tensor:
+        """The last of 3 steps of ``rule`` from zero parameters on ``grads``."""
+        params, state = torch.zeros(LAYOUT.total), rule.init_state(torch.zeros(LAYOUT.total), SPACE)
+        for g in grads:
+            new, state, info = rule(params, g, torch.tensor(1.0), state, SPACE, rule.lr)
+            step, params = new - params, new
+        return step.detach(), info
+
+    slow, _ = adam_step(make("adam", adam_lr=1e-2))
+    fast, _ = adam_step(make("adam", adam_lr=1e-2, adam_beta2=0.9))
+    rule = make("adam", adam_lr=1e-2, adam_fast_beta2=0.9)
+    with torch.no_grad():
+        rule.output_layer.bias[2] = 20.0  # tanh(r) = 1 to float precision: the fast moment's denominator
+    step, info = adam_step(rule)
+    torch.testing.assert_close(step, fast)
+    assert not torch.allclose(fast, slow)
+    torch.testing.assert_close(info["adam_fast_weight"], torch.tensor(1.0))
+    with torch.no_grad():
+        rule.output_layer.bias[2] = math.atanh(0.5)  # halfway: the geometric mean of the two denominators
+    step, _ = adam_step(rule)
+    torch.testing.assert_close(step, (slow * fast).sqrt() * slow.sign(), rtol=1e-4, atol=1e-9)
+    with torch.no_grad():
+        rule.output_layer.weight[2].normal_()  # r differs from coordinate to coordinate
+    step, _ = adam_step(rule)
+    ratio = step / slow
+    assert not torch.allclose(ratio, ratio[0].expand_as(ratio))

@@ -123,7 +123,8 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 8, head_layers: int | None = None,
         lr: float | None = None, exp_scale: float | None = None, progress_features: bool = False,
         adam_lr: float | None = None, output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
-        network_dtype: str = "float32", adam_scale: bool = False,
+        network_dtype: str = "float32", adam_scale: bool = False, adam_beta2: float = 0.999,
+        adam_fast_beta2: float | None = None,
         aggregators: Sequence[str] = ("mean", "min", "max", "std"), scalers: Sequence[str] = ("identity", "amplification"),
         degree_layout: Sequence[int] = TASK_17_LAYOUT, kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024,
         max_hidden_layers: int = 32, max_outputs: int = 1024,
@@ -134,8 +135,8 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         if len(degree_layout) < 2 or min(degree_layout) < 1:
             raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got {degree_layout}")
         super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
-                         chunk_size, network_dtype, adam_scale, head_layers=head_layers, aggregators=list(aggregators),
-                         scalers=list(scalers), degree_layout=list(degree_layout), kernel_size=kernel_size,
+                         chunk_size, network_dtype, adam_scale, adam_beta2, adam_fast_beta2, head_layers=head_layers,
+                         aggregators=list(aggregators), scalers=list(scalers), degree_layout=list(degree_layout), kernel_size=kernel_size,
                          max_inputs=max_inputs, max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
         num_features = self.features.num_features
         self.network = PNANetwork(num_features, hidden_dim, num_layers, aggregators, scalers,

@@ -132,7 +132,7 @@ def preset_axes(architecture: str) -> dict[str, int]:
 
     if architecture not in PRESETS:
         return {}
-    dataset, arch = architecture.split("-")[0], PRESETS[architecture]["arch"]
+    dataset, arch = PRESETS[architecture]["dataset"], PRESETS[architecture]["arch"]
     widths = [h for h in WIDTHS if PRESETS[f"{dataset}-width{h}"]["arch"] == arch]
     depths = [n for n in range(1, len(DEPTH_CHANNELS) + 1) if arch["channels"] == list(DEPTH_CHANNELS[:n])]
     return {axis: values[0] for axis, values in (("width", widths), ("depth", depths)) if values}
@@ -256,23 +256,19 @@ def _plot_generalization(rows: dict[tuple[str, str], dict[str, str]], methods: l
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    datasets = list(dict.fromkeys(a.split("-")[0] for a, _ in rows))
+    from lightning_l2o.tasks.presets import PRESETS
+
+    datasets = list(dict.fromkeys(PRESETS[a]["dataset"] for a, _ in rows if a in PRESETS))
     series = [(m, d) for m in methods for d in datasets]
     fig, panels = plt.subplots(len(METRICS), 2, figsize=(10, 3.6 * len(METRICS)), sharey="row", squeeze=False)
     for panel_row, (metric, (label, _)) in zip(panels, METRICS.items()):
         for panel, axis in zip(panel_row, ("width", "depth")):
             for i, (method, dataset) in enumerate(series):
                 points = sorted((preset_axes(a)[axis], r) for (a, m), r in rows.items()
-                                if m == method and a.startswith(f"{dataset}-") and axis in preset_axes(a))
-                if not points:
-                    continue
-                shift = i - (len(series) - 1) / 2  # series side by side around each preset
-                x = [p * 1.04**shift if axis == "width" else p + 0.08 * shift for p, _ in points]
-                diff, low, high = ([float(r[f"{metric}_{k}"]) for _, r in points] for k in ("diff", "ci_low", "ci_high"))
-                below = [d - lo if math.isfinite(lo) else 0.0 for d, lo in zip(diff, low)]
-                above = [hi - d if math.isfinite(hi) else 0.0 for d, hi in zip(diff, high)]
+                                if m == method and a in PRESETS and PRESETS[a]["dataset"] == dataset
+                                and axis in preset_axes(a))
                 name = method if len(datasets) == 1 else f"{method}, {dataset}"
-                panel.errorbar(x, diff, yerr=[below, above], marker="o", capsize=3, label=name)
+                _errorbar_series(panel, points, metric, axis, i - (len(series) - 1) / 2, name, f"C{i}")
             panel.axhline(0, color="black", linewidth=0.8)
             if axis == "width":
                 panel.set_xscale("log", base=2)
@@ -282,12 +278,26 @@ def _plot_generalization(rows: dict[tuple[str, str], dict[str, str]], methods: l
             panel.set_xlabel(f"CNN {axis} ({'first-layer channels' if axis == 'width' else 'conv layers'})")
             panel.grid(alpha=0.3)
         panel_row[0].set_ylabel(f"{label} vs tuned Adam")
-    panels[0][0].legend(fontsize=8)
+    entries = {label: handle for panel in panels.flat for handle, label in zip(*panel.get_legend_handles_labels())}
+    panels[0][0].legend(entries.values(), entries.keys(), fontsize=8)  # every series, even one absent from this panel
     fig.suptitle("Paired difference to tuned Adam, 95 % CI (no bar: one seed); accuracy: higher is better, "
                  "loss: lower", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _errorbar_series(panel, points: list[tuple[int, dict[str, str]]], metric: str, axis: str, shift: float,
+                     label: str, color: str) -> None:
+    """One series of ``(axis value, table row)`` points: ``metric``'s paired difference with its CI, each point moved
+    by ``shift`` series widths so that series sit side by side around each preset; one ``color`` in every panel."""
+    if not points:
+        return
+    x = [p * 1.04**shift if axis == "width" else p + 0.08 * shift for p, _ in points]
+    diff, low, high = ([float(r[f"{metric}_{k}"]) for _, r in points] for k in ("diff", "ci_low", "ci_high"))
+    below = [d - lo if math.isfinite(lo) else 0.0 for d, lo in zip(diff, low)]
+    above = [hi - d if math.isfinite(hi) else 0.0 for d, hi in zip(diff, high)]
+    panel.errorbar(x, diff, yerr=[below, above], marker="o", capsize=3, label=label, color=color)
 
 
 def main() -> None:

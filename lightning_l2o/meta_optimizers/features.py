@@ -16,7 +16,10 @@ A feature set maps flat ``params`` and ``grads`` ``(n,)`` and its own state to f
 
 Per-tensor normalisation (:func:`per_tensor_scale`) is ``metz``'s, for every quantity; ``adam`` uses it for
 the parameter and normalises the gradient statistics per coordinate. :func:`build_feature_set` with
-``progress=True`` appends the 11 time features of ``metz`` to any other set (:class:`ProgressFeatures`).
+``progress=True`` appends the 11 time features of ``metz`` to any other set (:class:`ProgressFeatures`), and
+``shape=True`` the 2 shape features of each coordinate's tensor, ``log10(fan-in) / 3`` and ``log10(fan-out) / 3``
+(:class:`ShapeFeatures`): what a rule needs to step differently in wide and narrow layers (muP's Adam lr goes as
+1 / fan-in).
 
 A feature set works in two phases so that its caller can build the features chunk by chunk
 (:class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`): :meth:`FeatureSet.prepare` does
@@ -46,6 +49,7 @@ ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
 LOG_SIGN_P = 10.0
 SECOND_MOMENT_EPS = 1e-5
+SHAPE_LOG_SCALE = 3.0  # log10 of a fan of 1000: such a tensor's shape feature is 1
 ALL = slice(None)
 
 ChunkFeatures = Callable[[slice], Tensor]
@@ -197,16 +201,47 @@ class ProgressFeatures(FeatureSet):
         return features, {**inner_state, "progress_step": state["progress_step"] + 1}
 
 
+class ShapeFeatures(FeatureSet):
+    """Another feature set's features followed by 2 features of each coordinate's tensor: ``log10(fan_in) / 3`` and
+    ``log10(fan_out) / 3`` (:func:`tensor_fans`), the same for every coordinate of a tensor."""
+
+    def __init__(self, inner: FeatureSet) -> None:
+        self.inner = inner
+        self.num_features = inner.num_features + 2
+        self.default_step_scale = inner.default_step_scale
+
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
+        return self.inner.init_state(params, space)
+
+    def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
+        inner, inner_state = self.inner.prepare(params, grads, state, space)
+        shape = tensor_fans(space).to(params.dtype).log10() / SHAPE_LOG_SCALE
+
+        def features(rows: slice) -> Tensor:
+            return torch.cat([inner(rows), shape[space.segment_ids[rows]]], dim=1)
+
+        return features, inner_state
+
+
+def tensor_fans(space: ParamSpace) -> Tensor:
+    """Each tensor's ``(fan_in, fan_out)``: ``(num_tensors, 2)``. The fan-out is the first dimension, the fan-in the
+    product of the others (a weight ``(out, in, kh, kw)``: ``in * kh * kw``; a 1-D tensor such as a bias: 1)."""
+    fans = [(shape[1:].numel(), shape[0] if len(shape) else 1) for shape in space.layout.shapes]
+    return torch.tensor(fans, dtype=torch.get_default_dtype(), device=space.device)
+
+
 FEATURE_SETS: dict[str, type[FeatureSet]] = {"kofinas": KofinasFeatures, "metz": MetzFeatures, "adam": AdamFeatures}
 HAS_TIME_FEATURES = ("metz",)
 
 
-def build_feature_set(name: str, progress: bool = False) -> FeatureSet:
-    """The feature set called ``name``, followed by the training-progress features if ``progress``."""
+def build_feature_set(name: str, progress: bool = False, shape: bool = False) -> FeatureSet:
+    """The feature set called ``name``, followed by the tensor-shape features if ``shape`` and by the
+    training-progress features if ``progress``."""
     if name not in FEATURE_SETS:
         raise ConfigError(f"unknown feature set '{name}'; choose one of: {', '.join(FEATURE_SETS)}")
     if progress and name in HAS_TIME_FEATURES:
         raise ConfigError(f"features: {name} already ends with the training-progress features; "
                           f"set progress_features: false (or pick another feature set)")
     feature_set = FEATURE_SETS[name]()
+    feature_set = ShapeFeatures(feature_set) if shape else feature_set
     return ProgressFeatures(feature_set) if progress else feature_set

@@ -87,6 +87,9 @@ class PerParameterOptimizer(MetaOptimizer):
             (the zero-initialised start: the untrained rule is still Adam) Adam's, in between their geometric mean,
             below 0 further from the fast one. A learned beta2 per coordinate. ``info`` gains ``adam_fast_weight``,
             the mean of ``tanh(r)``.
+        shape_features: append 2 features of each coordinate's tensor, ``log10`` of its fan-in and fan-out over 3
+            (:class:`~lightning_l2o.meta_optimizers.features.ShapeFeatures`): with ``adam_scale``, a learned step that
+            can differ between wide and narrow layers and networks.
         output_scale: factor on the initial weights and bias of the network's output layer (e.g. 0.01: an
             untrained random draw's first updates are ~100x smaller); 1.0 is PyTorch's default init.
         chunk_size: coordinates per chunk (see above).
@@ -105,10 +108,11 @@ class PerParameterOptimizer(MetaOptimizer):
         self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 2, lr: float | None = None,
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
         output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
-        adam_scale: bool = False, adam_beta2: float = 0.999, adam_fast_beta2: float | None = None, **config: Any,
+        adam_scale: bool = False, adam_beta2: float = 0.999, adam_fast_beta2: float | None = None,
+        shape_features: bool = False, **config: Any,
     ) -> None:
         owner = type(self).__name__
-        feature_set = build_feature_set(features, progress_features)
+        feature_set = build_feature_set(features, progress_features, shape_features)
         lr = feature_set.default_step_scale if lr is None else lr
         exp_scale = feature_set.default_step_scale if exp_scale is None else exp_scale
         check_positive(owner, hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale)
@@ -138,7 +142,8 @@ class PerParameterOptimizer(MetaOptimizer):
         super().__init__(features=features, hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale,
                          progress_features=progress_features, adam_lr=adam_lr, output_scale=output_scale,
                          chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale,
-                         adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, **config)
+                         adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, shape_features=shape_features,
+                         **config)
         self.features = feature_set
         self.lr, self.exp_scale, self.output_scale = lr, exp_scale, output_scale
         self.chunk_size, self.network_dtype = chunk_size, NETWORK_DTYPES[network_dtype]

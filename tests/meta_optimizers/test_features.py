@@ -15,8 +15,10 @@ from lightning_l2o.meta_optimizers.features import (
     KofinasFeatures,
     MetzFeatures,
     ProgressFeatures,
+    ShapeFeatures,
     build_feature_set,
     log_sign,
+    tensor_fans,
 )
 from lightning_l2o.params import ParamLayout, ParamSpace
 
@@ -151,6 +153,31 @@ def test_progress_features_append_metz_time_features_to_any_set():
     assert isinstance(build_feature_set("metz"), MetzFeatures)
 
 
+def test_tensor_fans_of_convolutions_linears_and_biases():
+    layout = ParamLayout.from_tensors([("conv", torch.zeros(32, 16, 3, 3)), ("conv_bias", torch.zeros(32)),
+                                       ("linear", torch.zeros(10, 32)), ("scalar", torch.zeros(()))])
+    fans = tensor_fans(ParamSpace.of_layout(layout))
+    assert fans.tolist() == [[144.0, 32.0], [1.0, 32.0], [32.0, 10.0], [1.0, 1.0]]
+
+
+def test_shape_features_append_each_tensors_log_fans_over_three_to_any_set():
+    params = torch.randn(TWO_TENSORS.layout.total)
+    grads = [torch.randn_like(params) for _ in range(3)]
+    features = build_feature_set("adam", shape=True)
+    assert isinstance(features, ShapeFeatures) and features.num_features == 6 + 2
+    assert features.default_step_scale == AdamFeatures.default_step_scale
+    out = run_features(features, params, grads)
+    torch.testing.assert_close(out[:, :6], run_features(AdamFeatures(), params, grads))
+    a = torch.tensor([math.log10(2) / 3, math.log10(2) / 3])  # a (2, 2): fan-in 2, fan-out 2; b (3,): 1 and 3
+    b = torch.tensor([0.0, math.log10(3) / 3])
+    torch.testing.assert_close(out[:, 6:], torch.stack([a] * 4 + [b] * 3))
+    assert set(features.init_state(params, TWO_TENSORS)) == set(AdamFeatures().init_state(params, TWO_TENSORS))
+    both = build_feature_set("kofinas", progress=True, shape=True)
+    assert both.num_features == 14 + 2 + 11
+    torch.testing.assert_close(run_features(both, params, grads)[:, :16],
+                               run_features(ShapeFeatures(KofinasFeatures()), params, grads))
+
+
 @pytest.mark.parametrize(("name", "progress", "message"), [
     ("lion", False, "unknown feature set 'lion'; choose one of: kofinas, metz, adam"),
     ("metz", True, "set progress_features: false"),
@@ -160,8 +187,8 @@ def test_bad_feature_options_name_the_fix(name, progress, message):
         build_feature_set(name, progress)
 
 
-@pytest.mark.parametrize("features", [KofinasFeatures(), MetzFeatures(), AdamFeatures(),
-                                      ProgressFeatures(AdamFeatures())], ids=["kofinas", "metz", "adam", "progress"])
+@pytest.mark.parametrize("features", [KofinasFeatures(), MetzFeatures(), AdamFeatures(), ProgressFeatures(AdamFeatures()),
+                                      ShapeFeatures(AdamFeatures())], ids=["kofinas", "metz", "adam", "progress", "shape"])
 def test_features_are_differentiable_in_params_and_grads(features):
     params = torch.randn(6, requires_grad=True)
     grads = torch.randn(6, requires_grad=True)
@@ -171,8 +198,8 @@ def test_features_are_differentiable_in_params_and_grads(features):
     assert torch.isfinite(params_grad).all() and grads_grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("features", [KofinasFeatures(), MetzFeatures(), AdamFeatures(),
-                                      ProgressFeatures(AdamFeatures())], ids=["kofinas", "metz", "adam", "progress"])
+@pytest.mark.parametrize("features", [KofinasFeatures(), MetzFeatures(), AdamFeatures(), ProgressFeatures(AdamFeatures()),
+                                      ShapeFeatures(AdamFeatures())], ids=["kofinas", "metz", "adam", "progress", "shape"])
 def test_the_features_of_chunks_are_the_rows_of_the_whole_features_bit_for_bit(features):
     """Chunks of 3 of 7 coordinates cut tensor a (4 entries): its per-tensor statistics stay those of all of a."""
     params = torch.randn(TWO_TENSORS.layout.total)

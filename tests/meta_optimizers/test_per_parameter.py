@@ -39,7 +39,9 @@ OPTIONS = {  # every inductive-bias option, alone and together
     "adam_correction": {"features": "kofinas", "adam_lr": 1e-2},
     "adam_scale": {"features": "kofinas", "adam_lr": 1e-2, "adam_scale": True},
     "adam_fast_beta2": {"features": "kofinas", "adam_lr": 1e-2, "adam_fast_beta2": 0.99},
-    "all": {"features": "adam", "progress_features": True, "adam_lr": 1e-2, "adam_scale": True, "adam_fast_beta2": 0.99},
+    "shape": {"features": "adam", "shape_features": True},
+    "all": {"features": "adam", "progress_features": True, "shape_features": True, "adam_lr": 1e-2, "adam_scale": True,
+            "adam_fast_beta2": 0.99},
     "output_scale": {"features": "kofinas", "output_scale": 0.01},
 }
 FEATURE_OPTIONS = {"kofinas": {"features": "kofinas"}, **OPTIONS}
@@ -48,6 +50,7 @@ ADAM_OPTIONS = [  # what the network adds to the Adam step
     pytest.param({"adam_scale": True}, id="correction_and_scale"),
     pytest.param({"adam_fast_beta2": 0.99}, id="correction_and_fast_beta2"),
     pytest.param({"adam_scale": True, "adam_fast_beta2": 0.99}, id="correction_scale_and_fast_beta2"),
+    pytest.param({"adam_scale": True, "shape_features": True}, id="correction_and_scale_with_shape_features"),
 ]
 
 
@@ -230,7 +233,9 @@ def test_options_set_the_input_width_the_state_and_the_recorded_config():
     assert FFMetaOptimizer().config == {"features": "kofinas", "hidden_dim": 64, "num_layers": 2, "lr": 0.01,
                                         "exp_scale": 0.01, "progress_features": False, "adam_lr": None,
                                         "output_scale": 1.0, "chunk_size": 16384, "network_dtype": "float32",
-                                        "adam_scale": False, "adam_beta2": 0.999, "adam_fast_beta2": None}
+                                        "adam_scale": False, "adam_beta2": 0.999, "adam_fast_beta2": None,
+                                        "shape_features": False}
+    assert FFMetaOptimizer(features="adam", shape_features=True).network.net[0].in_features == 6 + 2
     assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True).output_layer.out_features == 3
     assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True, adam_fast_beta2=0.99).output_layer.out_features == 4
     state = FFMetaOptimizer(adam_lr=1e-2, adam_fast_beta2=0.99).init_state(params, SPACE)

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from lightning_l2o.checkpoints import load_meta_optimizer
-from lightning_l2o.evaluation import Trajectory, TrajectoryCache, best_lrs, log10_loss
+from lightning_l2o.evaluation import Trajectory, TrajectoryCache, best_lrs, log10_loss, validation_scores
 from lightning_l2o.meta_optimizers import MetaOptimizer
 from lightning_l2o.meta_optimizers.baselines import Adam
 from lightning_l2o.reporting import paired
@@ -83,8 +83,7 @@ def main() -> None:
     lr_only = {key: t for key, t in grid.items() if settings[key[1]][1] == DEFAULT_BETA2}
     chosen = {label: settings[int(best_lrs(runs)[("adam", template.family)])]
               for label, runs in (("lr", lr_only), ("(lr, beta2)", grid))}
-    scores = {setting: statistics.fmean(log10_loss(grid[("adam", i, str(s))].final_loss) for s in args.val_seeds)
-              for i, setting in enumerate(settings)}
+    scores = {settings[int(index)]: score for (_, _, index), score in validation_scores(grid).items()}
 
     test = {label: {seed: run(setting, seed) for seed in args.seeds} for label, setting in chosen.items()}
     test.update({name: {seed: run_rule(rule, name, seed) for seed in args.seeds} for name, rule in learned.items()})

@@ -145,14 +145,19 @@ def grid_search(
     }
 
 
+def validation_scores(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, str, float], float]:
+    """Per ``(baseline, family, lr)`` of a :func:`grid_search`: the mean log10 final training loss over its runs
+    (a diverged run counts as ``inf``): the score :func:`best_lrs` minimises."""
+    values: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    for (name, lr, _), traj in grid.items():
+        values[(name, traj.spec.family, lr)].append(log10_loss(traj.final_loss))
+    return {key: sum(v) / len(v) for key, v in values.items()}
+
+
 def best_lrs(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, str], float]:
     """Per ``(baseline, family)``: the lr with the lowest mean log final training loss (diverged = worst)."""
-    scores: dict[tuple[str, str, float], list[float]] = defaultdict(list)
-    for (name, lr, _), traj in grid.items():
-        scores[(name, traj.spec.family, lr)].append(log10_loss(traj.final_loss))
     best: dict[tuple[str, str], tuple[float, float]] = {}
-    for (name, family, lr), values in scores.items():
-        score = sum(values) / len(values)
+    for (name, family, lr), score in validation_scores(grid).items():
         if (name, family) not in best or score < best[(name, family)][0]:
             best[(name, family)] = (score, lr)
     return {key: lr for key, (_, lr) in best.items()}

@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from lightning_l2o.evaluation import best_lrs, grid_search, meta_test, summarize
+from lightning_l2o.evaluation import best_lrs, grid_search, log10_loss, meta_test, summarize, validation_scores
 from lightning_l2o.meta_optimizers import Opt2Vec, SGDMomentum
 from lightning_l2o.tasks import TaskSpec
 
@@ -29,6 +30,10 @@ def test_best_lr_is_chosen_per_family_and_diverged_runs_lose():
     lrs = best_lrs(grid)
     assert lrs[("sgd_momentum", "quadratic")] == 1e-2
     assert lrs[("adam", "quadratic")] != 10.0 or not grid[("adam", 10.0, SPEC.name)].diverged
+    scores = validation_scores(grid)
+    assert scores[("sgd_momentum", "quadratic", 10.0)] == math.inf
+    assert scores[("adam", "quadratic", 1e-2)] == pytest.approx(
+        sum(log10_loss(grid[("adam", 1e-2, spec.name)].final_loss) for spec in specs) / 2)
     rows = summarize(grid.values())
     diverged = {(r["method"], r["lr"]): r["diverged"] for r in rows}
     assert diverged[("sgd_momentum", "0.0001/0.01/10")] == 2

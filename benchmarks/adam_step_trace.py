@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from lightning_l2o.checkpoints import load_meta_optimizer
+from lightning_l2o.checkpoints import PRETRAINED_PREFIX, load_meta_optimizer
 from lightning_l2o.evaluation import meta_test
 from lightning_l2o.tasks import TaskSpec
 
@@ -36,7 +36,8 @@ INFOS = {  # info key -> (the option that makes a rule report it, axis label)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoints", nargs="+", required=True)
+    parser.add_argument("--checkpoints", nargs="+", required=True,
+                        help="fit checkpoints (<run>/checkpoints/<file>.ckpt) or pretrained:<name>")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=201)
     parser.add_argument("--presets", nargs="+", default=["17"])
@@ -50,7 +51,8 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for path in args.checkpoints:
         rule = load_meta_optimizer(path)
-        run = Path(path).parents[1].name  # <run>/checkpoints/<file>.ckpt
+        # a shipped rule's name, or a fit checkpoint's run folder: <run>/checkpoints/<file>.ckpt
+        run = path.removeprefix(PRETRAINED_PREFIX) if path.startswith(PRETRAINED_PREFIX) else Path(path).parents[1].name
         for preset in args.presets:
             infos = meta_test(rule, TaskSpec(preset=preset, horizon=args.steps, seed=args.seed)).infos
             if args.info not in infos:

@@ -137,16 +137,24 @@ def test_per_tensor_normalised_features_are_invariant_to_scaling_one_tensors_gra
                                rtol=0, atol=1e-5)
 
 
+def appended_columns(features: FeatureSet, inner: FeatureSet, params: torch.Tensor,
+                     grads: list[torch.Tensor]) -> torch.Tensor:
+    """The columns that ``features`` appends to ``inner``'s, after checking that it starts with ``inner``'s features
+    and keeps its step scale."""
+    assert features.default_step_scale == inner.default_step_scale
+    out = run_features(features, params, grads)
+    torch.testing.assert_close(out[:, :inner.num_features], run_features(inner, params, grads))
+    return out[:, inner.num_features:]
+
+
 def test_progress_features_append_metz_time_features_to_any_set():
     params = torch.randn(TWO_TENSORS.layout.total)
     grads = [torch.randn_like(params) for _ in range(3)]
     features = build_feature_set("kofinas", progress=True)
     assert isinstance(features, ProgressFeatures) and features.num_features == 14 + 11
-    assert features.default_step_scale == KofinasFeatures.default_step_scale
-    out = run_features(features, params, grads)
-    torch.testing.assert_close(out[:, :14], run_features(KofinasFeatures(), params, grads))
-    torch.testing.assert_close(out[:, 14:], torch.tanh(2 / TIMESCALES - 1).expand(7, -1))  # t = 0, 1, 2
-    torch.testing.assert_close(out[:, 14:], run_features(MetzFeatures(), params, grads)[:, 7:])
+    time = appended_columns(features, KofinasFeatures(), params, grads)
+    torch.testing.assert_close(time, torch.tanh(2 / TIMESCALES - 1).expand(7, -1))  # t = 0, 1, 2
+    torch.testing.assert_close(time, run_features(MetzFeatures(), params, grads)[:, 7:])
     state = features.init_state(params, TWO_TENSORS)
     assert set(state) == {"momenta", "progress_step"}
     assert build_feature_set("adam", progress=True).num_features == 6 + 11
@@ -165,17 +173,13 @@ def test_shape_features_append_each_tensors_log_fans_over_three_to_any_set():
     grads = [torch.randn_like(params) for _ in range(3)]
     features = build_feature_set("adam", shape=True)
     assert isinstance(features, ShapeFeatures) and features.num_features == 6 + 2
-    assert features.default_step_scale == AdamFeatures.default_step_scale
-    out = run_features(features, params, grads)
-    torch.testing.assert_close(out[:, :6], run_features(AdamFeatures(), params, grads))
     a = torch.tensor([math.log10(2) / 3, math.log10(2) / 3])  # a (2, 2): fan-in 2, fan-out 2; b (3,): 1 and 3
     b = torch.tensor([0.0, math.log10(3) / 3])
-    torch.testing.assert_close(out[:, 6:], torch.stack([a] * 4 + [b] * 3))
+    torch.testing.assert_close(appended_columns(features, AdamFeatures(), params, grads), torch.stack([a] * 4 + [b] * 3))
     assert set(features.init_state(params, TWO_TENSORS)) == set(AdamFeatures().init_state(params, TWO_TENSORS))
     both = build_feature_set("kofinas", progress=True, shape=True)
     assert both.num_features == 14 + 2 + 11
-    torch.testing.assert_close(run_features(both, params, grads)[:, :16],
-                               run_features(ShapeFeatures(KofinasFeatures()), params, grads))
+    appended_columns(both, ShapeFeatures(KofinasFeatures()), params, grads)
 
 
 @pytest.mark.parametrize(("name", "progress", "message"), [

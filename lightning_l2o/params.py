@@ -72,6 +72,7 @@ class ParamSpace:
         device: where the tensors below live.
         segment_ids: ``(n,)`` long: the tensor each flat entry belongs to.
         segment_sizes: ``(num_tensors,)`` float: each tensor's number of entries.
+        fans: ``(num_tensors, 2)`` float: each tensor's fan-in and fan-out (built on first use).
         graph: the optimizee's neural graph (:class:`~lightning_l2o.graphs.NeuralGraph`), built on first use
             from the module; ``None`` where there is no module or it is not a chain of layers
             (:attr:`graph_error` then says why).
@@ -112,6 +113,14 @@ class ParamSpace:
         """The mean of ``x`` ``(n, ...)`` over each parameter tensor's entries: ``(num_tensors, ...)``."""
         sums = x.new_zeros(len(self.segment_sizes), *x.shape[1:]).index_add(0, self.segment_ids, x)
         return sums / self.segment_sizes.to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+
+    @cached_property
+    def fans(self) -> Tensor:
+        """Each tensor's ``(fan_in, fan_out)``: ``(num_tensors, 2)`` float. The fan-out is the first dimension, the
+        fan-in the product of the others (a weight ``(out, in, kh, kw)``: ``in * kh * kw``; a 1-D tensor such as a
+        bias: 1)."""
+        fans = [(shape[1:].numel(), shape[0] if len(shape) else 1) for shape in self.layout.shapes]
+        return torch.tensor(fans, dtype=torch.get_default_dtype(), device=self.device)
 
     @cached_property
     def _graph_or_error(self) -> NeuralGraph | ConfigError:

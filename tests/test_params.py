@@ -38,3 +38,11 @@ def test_segment_mean_is_each_tensors_mean_for_vectors_and_matrices():
     expected = torch.stack([t.mean() for _, t in tensors])
     torch.testing.assert_close(space.segment_mean(flat), expected)
     torch.testing.assert_close(space.segment_mean(torch.stack([flat, 2 * flat], 1)), torch.stack([expected, 2 * expected], 1))
+
+
+def test_fans_of_convolutions_linears_and_biases():
+    layout = ParamLayout.from_tensors([("conv", torch.zeros(32, 16, 3, 3)), ("conv_bias", torch.zeros(32)),
+                                       ("linear", torch.zeros(10, 32)), ("scalar", torch.zeros(()))])
+    space = ParamSpace.of_layout(layout)
+    assert space.fans.tolist() == [[144.0, 32.0], [1.0, 32.0], [32.0, 10.0], [1.0, 1.0]]
+    assert space.fans is space.fans  # built once per space

@@ -203,7 +203,7 @@ class ProgressFeatures(FeatureSet):
 
 class ShapeFeatures(FeatureSet):
     """Another feature set's features followed by 2 features of each coordinate's tensor: ``log10(fan_in) / 3`` and
-    ``log10(fan_out) / 3`` (:func:`tensor_fans`), the same for every coordinate of a tensor."""
+    ``log10(fan_out) / 3`` (:attr:`ParamSpace.fans`), the same for every coordinate of a tensor."""
 
     def __init__(self, inner: FeatureSet) -> None:
         self.inner = inner
@@ -215,19 +215,12 @@ class ShapeFeatures(FeatureSet):
 
     def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
         inner, inner_state = self.inner.prepare(params, grads, state, space)
-        shape = tensor_fans(space).to(params.dtype).log10() / SHAPE_LOG_SCALE
+        shape = space.fans.to(params.dtype).log10() / SHAPE_LOG_SCALE
 
         def features(rows: slice) -> Tensor:
             return torch.cat([inner(rows), shape[space.segment_ids[rows]]], dim=1)
 
         return features, inner_state
-
-
-def tensor_fans(space: ParamSpace) -> Tensor:
-    """Each tensor's ``(fan_in, fan_out)``: ``(num_tensors, 2)``. The fan-out is the first dimension, the fan-in the
-    product of the others (a weight ``(out, in, kh, kw)``: ``in * kh * kw``; a 1-D tensor such as a bias: 1)."""
-    fans = [(shape[1:].numel(), shape[0] if len(shape) else 1) for shape in space.layout.shapes]
-    return torch.tensor(fans, dtype=torch.get_default_dtype(), device=space.device)
 
 
 FEATURE_SETS: dict[str, type[FeatureSet]] = {"kofinas": KofinasFeatures, "metz": MetzFeatures, "adam": AdamFeatures}

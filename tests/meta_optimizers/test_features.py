@@ -18,7 +18,6 @@ from lightning_l2o.meta_optimizers.features import (
     ShapeFeatures,
     build_feature_set,
     log_sign,
-    tensor_fans,
 )
 from lightning_l2o.params import ParamLayout, ParamSpace
 
@@ -159,13 +158,6 @@ def test_progress_features_append_metz_time_features_to_any_set():
     assert set(state) == {"momenta", "progress_step"}
     assert build_feature_set("adam", progress=True).num_features == 6 + 11
     assert isinstance(build_feature_set("metz"), MetzFeatures)
-
-
-def test_tensor_fans_of_convolutions_linears_and_biases():
-    layout = ParamLayout.from_tensors([("conv", torch.zeros(32, 16, 3, 3)), ("conv_bias", torch.zeros(32)),
-                                       ("linear", torch.zeros(10, 32)), ("scalar", torch.zeros(()))])
-    fans = tensor_fans(ParamSpace.of_layout(layout))
-    assert fans.tolist() == [[144.0, 32.0], [1.0, 32.0], [32.0, 10.0], [1.0, 1.0]]
 
 
 def test_shape_features_append_each_tensors_log_fans_over_three_to_any_set():

@@ -8,7 +8,8 @@ test seed) for ``--steps`` steps; the table (one row per run folder and preset) 
 steps, and ``benchmarks/results/adam_step_trace/<--name>.png`` plots the whole traces. ``adam_scale`` (rules meta-trained
 with ``adam_scale: true``) is the mean over parameter tensors of ``10 ** tanh(s)``, the factor on Adam's step;
 ``adam_fast_weight`` (with ``adam_fast_beta2``) the mean over coordinates of ``tanh(r)``, how far Adam's
-denominator moves towards the fast second moment's (0: Adam's, 1: the fast one's).
+denominator moves towards the fast second moment's (0: Adam's, 1: the fast one's); ``correction_rms`` (any rule with
+``adam_lr``) the RMS over coordinates of the learned term added to Adam's step.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "adam_step_trace"
 INFOS = {  # info key -> (the option that makes a rule report it, axis label)
     "adam_scale": ("adam_scale: true", "factor on Adam's step (mean over tensors)"),
     "adam_fast_weight": ("adam_fast_beta2", "weight of the fast second moment (mean)"),
+    "correction_rms": ("adam_lr", "RMS of the learned term added to Adam's step"),
 }
 
 
@@ -60,7 +62,7 @@ def main() -> None:
                                  f"with {INFOS[args.info][0]}, or another --info")
             trace = infos[args.info]
             lines.append(f"| {run} | {preset} | "
-                         + " | ".join(f"{trace[t - 1]:.2f}" for t in marks if t <= len(trace)) + " |")
+                         + " | ".join(f"{trace[t - 1]:.3g}" for t in marks if t <= len(trace)) + " |")
             ax.plot(range(1, len(trace) + 1), trace, label=run if len(args.presets) == 1 else f"{run}, {preset}")
     ax.set(xlabel="inner step", ylabel=INFOS[args.info][1], title=f"seed {args.seed}")
     ax.legend()

@@ -179,17 +179,29 @@ class AdamFeatures(FeatureSet):
         return features, {"momenta": momenta, "second_moment": second_moment, "step": step}
 
 
-class ProgressFeatures(FeatureSet):
-    """Another feature set's features followed by the 11 training-progress features ``tanh(t / s - 1)`` of
-    ``metz`` (``t``: steps taken so far, kept in the state as ``progress_step``)."""
+class AppendedFeatures(FeatureSet):
+    """Another feature set's (``inner``) features followed by :attr:`num_appended` more per coordinate, with the
+    inner set's state and step scale."""
+
+    num_appended: int
 
     def __init__(self, inner: FeatureSet) -> None:
         self.inner = inner
-        self.num_features = inner.num_features + len(METZ_TIMESCALES)
+        self.num_features = inner.num_features + self.num_appended
         self.default_step_scale = inner.default_step_scale
 
     def init_state(self, params: Tensor, space: ParamSpace) -> State:
-        return {**self.inner.init_state(params, space), "progress_step": params.new_zeros(())}
+        return self.inner.init_state(params, space)
+
+
+class ProgressFeatures(AppendedFeatures):
+    """Another feature set's features followed by the 11 training-progress features ``tanh(t / s - 1)`` of
+    ``metz`` (``t``: steps taken so far, kept in the state as ``progress_step``)."""
+
+    num_appended = len(METZ_TIMESCALES)
+
+    def init_state(self, params: Tensor, space: ParamSpace) -> State:
+        return {**super().init_state(params, space), "progress_step": params.new_zeros(())}
 
     def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
         inner, inner_state = self.inner.prepare(params, grads, state, space)
@@ -201,17 +213,11 @@ class ProgressFeatures(FeatureSet):
         return features, {**inner_state, "progress_step": state["progress_step"] + 1}
 
 
-class ShapeFeatures(FeatureSet):
+class ShapeFeatures(AppendedFeatures):
     """Another feature set's features followed by 2 features of each coordinate's tensor: ``log10(fan_in) / 3`` and
     ``log10(fan_out) / 3`` (:attr:`ParamSpace.fans`), the same for every coordinate of a tensor."""
 
-    def __init__(self, inner: FeatureSet) -> None:
-        self.inner = inner
-        self.num_features = inner.num_features + 2
-        self.default_step_scale = inner.default_step_scale
-
-    def init_state(self, params: Tensor, space: ParamSpace) -> State:
-        return self.inner.init_state(params, space)
+    num_appended = 2
 
     def prepare(self, params: Tensor, grads: Tensor, state: State, space: ParamSpace) -> tuple[ChunkFeatures, State]:
         inner, inner_state = self.inner.prepare(params, grads, state, space)

@@ -37,17 +37,22 @@ class SGDMomentum(MetaOptimizer):
 
 class Adam(MetaOptimizer):
     """Adam (Kingma & Ba, 2015) with bias correction, as ``torch.optim.Adam``; ``weight_decay`` is decoupled
-    (``theta <- theta (1 - lr wd)`` before the Adam step, as ``torch.optim.AdamW``)."""
+    (``theta <- theta (1 - lr wd)`` before the Adam step, as ``torch.optim.AdamW``). ``warmup_steps`` W > 0 scales
+    the lr of step ``t`` (from 1) by ``min(1, t / W)``, as ``torch.optim.lr_scheduler.LambdaLR`` with
+    ``lambda s: min(1, (s + 1) / W)`` would."""
 
     def __init__(
-        self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0
+        self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+        warmup_steps: int = 0,
     ) -> None:
         check_positive(type(self).__name__, lr=lr, eps=eps)
         check_fraction(type(self).__name__, beta1=beta1, beta2=beta2)
-        if weight_decay < 0:
-            raise ConfigError(f"{type(self).__name__}: weight_decay must be >= 0, got {weight_decay}")
-        super().__init__(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+        if weight_decay < 0 or warmup_steps < 0:
+            raise ConfigError(f"{type(self).__name__}: weight_decay and warmup_steps must be >= 0, got "
+                              f"{weight_decay}, {warmup_steps}")
+        super().__init__(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps)
         self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, beta1, beta2, eps, weight_decay
+        self.warmup_steps = warmup_steps
 
     def init_state(self, params: Tensor, space: ParamSpace) -> State:
         zeros = params.new_zeros(params.shape)
@@ -55,6 +60,8 @@ class Adam(MetaOptimizer):
 
     def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace, lr: float | Tensor):
         m_hat, v_hat, new_state = self.moments(grads, state)
+        if self.warmup_steps:
+            lr = lr * (new_state["step"] / self.warmup_steps).clamp(max=1.0)
         return self.apply_step(params, m_hat, v_hat.sqrt(), lr), new_state, {}
 
     def moments(self, grads: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
@@ -75,9 +82,10 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW`` (default wd 0.01)."""
 
     def __init__(
-        self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01
+        self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01,
+        warmup_steps: int = 0,
     ) -> None:
-        super().__init__(lr, beta1, beta2, eps, weight_decay)
+        super().__init__(lr, beta1, beta2, eps, weight_decay, warmup_steps)
 
 
 BASELINES: dict[str, type[MetaOptimizer]] = {"adam": Adam, "adamw": AdamW, "sgd_momentum": SGDMomentum}

@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("L2O_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     torch.set_num_threads(1)
-    marks = [t for t in (1, 10, 100, 300, 1000, 2000, 3000) if t <= args.steps]
+    marks = [t for t in (1, 10, 30, 100, 300, 1000, 2000, 3000) if t <= args.steps]
     lines = ["| checkpoint | preset | " + " | ".join(f"step {t}" for t in marks) + " |", "|---" * (2 + len(marks)) + "|"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for path in args.checkpoints:
@@ -64,7 +64,7 @@ def main() -> None:
             lines.append(f"| {run} | {preset} | "
                          + " | ".join(f"{trace[t - 1]:.3g}" for t in marks if t <= len(trace)) + " |")
             ax.plot(range(1, len(trace) + 1), trace, label=run if len(args.presets) == 1 else f"{run}, {preset}")
-    ax.set(xlabel="inner step", ylabel=INFOS[args.info][1], title=f"seed {args.seed}")
+    ax.set(xlabel="inner step", ylabel=INFOS[args.info][1], title=f"seed {args.seed}", xscale="log")
     ax.legend()
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(RESULTS / f"{args.name}.png", dpi=120, bbox_inches="tight")

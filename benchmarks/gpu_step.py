@@ -1,17 +1,19 @@
 """Deployed step on a GPU: the shipped FF and PNA against ``torch.optim.AdamW(fused=True)``, in fp32, TF32 and bf16.
 
-    python benchmarks/gpu_step.py [--device cuda] [--params 1000000 100000000] [--repeats 20]
+    python benchmarks/gpu_step.py [--device cuda] [--params 1000000 100000000] [--repeats 20] \
+        [--chunk-sizes 16384 262144]
 
 1. The device's matmul throughput: a square product of side ``--matmul-size`` (default 8192), best of the repeats,
    in fp32 (TF32 off), TF32 and bf16.
 2. For each size in ``--params``: an MLP 784-w-w-10 with ``w`` chosen for about that many parameters and fixed
    gradients; ``optimizer.step()`` of ``AdamW(fused=True)`` and of each rule in ``--rules`` (the shipped
    ``ff_fashion_mnist_task17`` and ``pna_fashion_mnist_task17``) in each precision: ``fp32`` (TF32 off), ``tf32``
-   (``torch.set_float32_matmul_precision("high")``) and ``bf16`` (``network_dtype: bfloat16``). Min / median over
-   interleaved rounds after a warm-up round; the rule's GFLOP per step (``torch.utils.flop_counter``, one step);
-   achieved GFLOP/s and its fraction of the matching matmul limit. PNA is skipped above ``--pna-max-params`` (each of
-   its 64-wide message tensors over the graph's edges would need the GB the table states); a combination that runs
-   out of device memory is reported as such.
+   (``torch.set_float32_matmul_precision("high")``) and ``bf16`` (``network_dtype: bfloat16``), at each
+   ``--chunk-sizes`` (coordinates per chunk of the per-parameter network: the default 16,384 is sized for a CPU's
+   cache; a GPU may want larger ones). Min / median over interleaved rounds after a warm-up round; the rule's GFLOP
+   per step (``torch.utils.flop_counter``, one step); achieved GFLOP/s and its fraction of the matching matmul
+   limit. PNA is skipped above ``--pna-max-params`` (each of its 64-wide message tensors over the graph's edges
+   would need the GB the table states); a combination that runs out of device memory is reported as such.
 
 Writes ``benchmarks/results/gpu_step_<device type>.md``. ``--device cpu --params 20000`` checks the script where no
 GPU is lent (the CPU's own benchmark, with oneDNN's limit, is ``deployed_step.py``).
@@ -20,6 +22,7 @@ GPU is lent (the CPU's own benchmark, with oneDNN's limit, is ``deployed_step.py
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import sys
@@ -42,6 +45,7 @@ from results_table import min_median_ms, save_report
 from lightning_l2o import LearnedOptimizer
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.meta_optimizers.linear import onednn
+from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE
 
 MATMUL_PRECISION = {"fp32": "highest", "tf32": "high", "bf16": "highest"}
 """``torch.set_float32_matmul_precision`` for each precision (bf16 runs the network itself in bfloat16)."""
@@ -103,23 +107,22 @@ def size_rows(params: int, args: argparse.Namespace, device: torch.device, limit
     runs: dict[str, Callable[[], object]] = {"AdamW (fused)": adam.step}
     measured: dict[str, tuple[float, str]] = {}  # a learned optimizer's GFLOP per step and precision
     not_run: dict[str, str] = {}  # why a combination did not run
-    for rule_name in args.rules:
-        for precision in MATMUL_PRECISION:
-            name = f"{rule_name}, {precision}"
-            if rule_name == "pna" and n > args.pna_max_params:
-                message_gb = 2 * n * PNA_CHANNELS * 4 / 1e9  # both edge directions, float32
-                not_run[name] = f"skipped (> --pna-max-params): one message tensor would be {message_gb:.3g} GB"
-                continue
-            network_dtype = "bfloat16" if precision == "bf16" else "float32"
-            rule = load_meta_optimizer(RULES[rule_name]).with_config(network_dtype=network_dtype)
-            try:
-                optimizer = LearnedOptimizer(mlp(width, device), rule)
-                measured[name] = (in_precision(precision, partial(step_gflop, optimizer))(), precision)
-            except torch.OutOfMemoryError:
-                not_run[name] = "out of device memory"
-                torch.cuda.empty_cache()
-                continue
-            runs[name] = in_precision(precision, partial(optimizer.step, 0.0))
+    for rule_name, precision, chunk_size in itertools.product(args.rules, MATMUL_PRECISION, args.chunk_sizes):
+        name = f"{rule_name}, {precision}, chunk {chunk_size:,}"
+        if rule_name == "pna" and n > args.pna_max_params:
+            message_gb = 2 * n * PNA_CHANNELS * 4 / 1e9  # both edge directions, float32
+            not_run[name] = f"skipped (> --pna-max-params): one message tensor would be {message_gb:.3g} GB"
+            continue
+        network_dtype = "bfloat16" if precision == "bf16" else "float32"
+        rule = load_meta_optimizer(RULES[rule_name]).with_config(network_dtype=network_dtype, chunk_size=chunk_size)
+        try:
+            optimizer = LearnedOptimizer(mlp(width, device), rule)
+            measured[name] = (in_precision(precision, partial(step_gflop, optimizer))(), precision)
+        except torch.OutOfMemoryError:
+            not_run[name] = "out of device memory"
+            torch.cuda.empty_cache()
+            continue
+        runs[name] = in_precision(precision, partial(optimizer.step, 0.0))
     times = interleaved({name: partial(timed, run, device) for name, run in runs.items()}, args.repeats)
     adam_median = statistics.median(times["AdamW (fused)"])
     lines = [f"| {n:,} | {name} | {reason} | — | — | — | — |" for name, reason in not_run.items()]
@@ -141,6 +144,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--matmul-size", type=int, default=8192)
     parser.add_argument("--pna-max-params", type=int, default=20_000_000)
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[DEFAULT_CHUNK_SIZE])
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -118,6 +118,7 @@ def unroll(
     log_loss: bool = False,
     differentiable: bool = True,
     normalise_loss: bool = False,
+    final_fraction: float = 1.0,
 ) -> UnrollResult:
     """Run ``num_steps`` inner steps from ``state`` and return the meta-loss.
 
@@ -131,6 +132,10 @@ def unroll(
     ``normalise_loss`` divides every loss by the optimizee's :attr:`InnerState.initial_loss` (recorded from its
     first inner step), so that task families of different loss scales weigh alike in a mixture; a state that
     has none (a checkpoint from before the option) takes the loss before this segment's first update.
+    ``final_fraction`` < 1 counts only the losses after the first ``(1 - final_fraction) T`` steps of the task's
+    horizon ``T``: each counted term still weighs ``1 / num_steps``, so that the segments' meta-losses add up to
+    the mean loss over the last ``final_fraction`` of the horizon (the loss at the end of training, which
+    evaluations measure); a segment wholly before that window has a meta-loss of 0.
 
     Gradients are taken with ``create_graph=True`` only when ``num_steps > 1``: a single step starts from
     detached parameters, so its gradient has no dependence on the meta-parameters. ``differentiable=False``
@@ -140,6 +145,7 @@ def unroll(
     if num_steps < 1:
         raise ConfigError(f"unroll needs num_steps >= 1, got {num_steps}")
     create_graph = differentiable and num_steps > 1
+    first_step = state.step
     terms, inner_losses, infos = [], [], []
     for i in range(num_steps):
         state, loss, batch, info = inner_step(update_rule, state, update_rule.lr, create_graph, differentiable)
@@ -158,7 +164,11 @@ def unroll(
         k: torch.stack([i[k].detach() for i in infos]).mean() for k, v in infos[0].items() if v.dim() == 0
     }
     terms = torch.stack(terms) / (state.initial_loss if normalise_loss else 1.0)
-    meta = (terms.clamp_min(1e-12).log() if log_loss else terms).mean()
+    terms = terms.clamp_min(1e-12).log() if log_loss else terms
+    if final_fraction < 1.0:  # term j follows the segment's j-th update: step first_step + j of the horizon
+        after = first_step + torch.arange(1, num_steps + 1, device=terms.device)
+        terms = terms * (after > (1.0 - final_fraction) * state.task.spec.horizon).to(terms.dtype)
+    meta = terms.mean()
     if not differentiable:
         meta, state = meta.detach(), state.detached()
     return UnrollResult(meta, state, torch.stack(inner_losses), scalar_info)

@@ -71,3 +71,16 @@ def test_normalised_losses_are_divided_by_the_loss_at_initialisation_across_segm
     later_plain = unroll(rule, plain.state.detached(), 2)
     later = unroll(rule, carried, 2, normalise_loss=True)
     torch.testing.assert_close(later.meta_loss, later_plain.meta_loss / initial)
+
+
+def test_final_fraction_counts_only_the_last_part_of_the_horizon():
+    """Horizon 8, last quarter: a segment over steps 1-4 counts nothing; one over steps 5-8 counts the losses after
+    steps 7 and 8, each weighing a quarter (the quadratic's loss needs no batch, so segments can be split)."""
+    rule = Opt2Vec()
+    start = InnerState.start(TaskSpec("quadratic", arch={"dim": 5}, horizon=8, seed=4), rule)
+    early = unroll(rule, start, 4, final_fraction=0.25)
+    assert early.meta_loss.item() == 0.0
+    at_4 = early.state.detached()
+    late = unroll(rule, at_4, 4, final_fraction=0.25)
+    at_6 = unroll(rule, at_4, 2).state.detached()
+    torch.testing.assert_close(late.meta_loss, unroll(rule, at_6, 2).meta_loss / 2)

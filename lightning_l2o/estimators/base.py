@@ -71,19 +71,25 @@ class MetaObjective:
         log_meta_loss: average log losses.
         normalise_loss: divide losses by the optimizee's loss at initialisation, so that the task families of a
             mixture weigh alike.
+        final_fraction: count only the losses in the last ``final_fraction`` of each task's horizon (``1``: every
+            step; the classic objective, which rewards fast early progress as much as a low final loss).
     """
 
     meta_loss: MetaLoss = "train"
     lookahead_batch: LookaheadBatch = "fresh"
     log_meta_loss: bool = False
     normalise_loss: bool = False
+    final_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.meta_loss not in ("train", "lookahead") or self.lookahead_batch not in ("fresh", "same"):
             raise ConfigError(f"model.estimator.init_args.meta_loss must be train|lookahead and lookahead_batch "
                               f"fresh|same, got {self.meta_loss!r}, {self.lookahead_batch!r}")
+        if not 0 < self.final_fraction <= 1:
+            raise ConfigError(f"model.estimator.init_args.final_fraction must be in (0, 1], got "
+                              f"{self.final_fraction!r}; e.g. 0.25 for the last quarter of each horizon, 1 for all")
 
     def unroll(self, rule: MetaOptimizer, state: InnerState, length: int, differentiable: bool = True) -> UnrollResult:
         """``length`` inner steps from ``state`` and their meta-loss."""
         return unroll(rule, state, length, self.meta_loss, self.lookahead_batch, self.log_meta_loss, differentiable,
-                      self.normalise_loss)
+                      self.normalise_loss, self.final_fraction)

@@ -37,17 +37,21 @@ class PersistentES(GradientEstimator):
         lookahead_batch: for ``lookahead``, a ``fresh`` batch or the ``same`` batch.
         log_meta_loss: average log losses.
         normalise_loss: divide losses by the optimizee's loss at initialisation (task mixtures).
+        final_fraction: count only the losses in the last ``final_fraction`` of each task's horizon
+            (:class:`~lightning_l2o.estimators.base.MetaObjective`); the particles' accumulated perturbations credit
+            the earlier steps for them, so the estimate stays unbiased for that objective.
         seed: seed of the perturbations (offset by the optimizee stream: the rank and meta-batch slot).
     """
 
     def __init__(self, num_pairs: int = 8, sigma: float = 0.01, meta_loss: MetaLoss = "train",
                  lookahead_batch: LookaheadBatch = "fresh", log_meta_loss: bool = False, normalise_loss: bool = False,
-                 seed: int = 0) -> None:
+                 final_fraction: float = 1.0, seed: int = 0) -> None:
         if num_pairs < 1 or not sigma > 0:
             raise ConfigError(f"model.estimator: num_pairs must be >= 1 and sigma > 0, got {num_pairs}, {sigma}")
-        self.objective = MetaObjective(meta_loss, lookahead_batch, log_meta_loss, normalise_loss)
+        self.objective = MetaObjective(meta_loss, lookahead_batch, log_meta_loss, normalise_loss, final_fraction)
         super().__init__(num_pairs=num_pairs, sigma=sigma, meta_loss=meta_loss, lookahead_batch=lookahead_batch,
-                         log_meta_loss=log_meta_loss, normalise_loss=normalise_loss, seed=seed)
+                         log_meta_loss=log_meta_loss, normalise_loss=normalise_loss, final_fraction=final_fraction,
+                         seed=seed)
         self.num_pairs, self.sigma, self.seed = num_pairs, sigma, seed
         self._generator: torch.Generator | None = None
         self._particles: list[InnerState] = []

@@ -18,18 +18,22 @@ class TruncatedBackprop(GradientEstimator):
         lookahead_batch: for ``lookahead``, a ``fresh`` batch or the ``same`` batch the update was computed on.
         log_meta_loss: average log losses.
         normalise_loss: divide losses by the optimizee's loss at initialisation (task mixtures).
+        final_fraction: count only the losses in the last ``final_fraction`` of each task's horizon
+            (:class:`~lightning_l2o.estimators.base.MetaObjective`); truncation cannot credit the steps before a
+            segment for them, so segments wholly before that window give no gradient.
         backprop_window: cut the segment into windows of at most this many steps, the state detached between
             them (``None``: one window); the windows' gradients are averaged.
     """
 
     def __init__(self, meta_loss: MetaLoss = "train", lookahead_batch: LookaheadBatch = "fresh",
                  log_meta_loss: bool = False, backprop_window: int | None = None,
-                 normalise_loss: bool = False) -> None:
-        self.objective = MetaObjective(meta_loss, lookahead_batch, log_meta_loss, normalise_loss)
+                 normalise_loss: bool = False, final_fraction: float = 1.0) -> None:
+        self.objective = MetaObjective(meta_loss, lookahead_batch, log_meta_loss, normalise_loss, final_fraction)
         if backprop_window is not None and backprop_window < 1:
             raise ConfigError(f"model.estimator.init_args.backprop_window must be >= 1 or null, got {backprop_window}")
         super().__init__(meta_loss=meta_loss, lookahead_batch=lookahead_batch, log_meta_loss=log_meta_loss,
-                         backprop_window=backprop_window, normalise_loss=normalise_loss)
+                         backprop_window=backprop_window, normalise_loss=normalise_loss,
+                         final_fraction=final_fraction)
         self.backprop_window = backprop_window
 
     def estimate(self, rule: MetaOptimizer, state: InnerState, length: int, backward: Backward) -> SegmentEstimate | None:

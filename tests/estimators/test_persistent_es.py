@@ -20,7 +20,7 @@ def _flat_grad(rule: torch.nn.Module) -> torch.Tensor:
 
 def _horizon_estimate(estimator: GradientEstimator, rule: torch.nn.Module, spec: TaskSpec) -> torch.Tensor:
     """The estimator's meta-gradients summed over the task's consecutive segments, divided by their number: an
-    estimate of the gradient of the mean training loss over the whole horizon."""
+    estimate of the gradient of the whole horizon's meta-loss."""
     rule.zero_grad()
     state = InnerState.start(spec, rule)
     for _ in range(SEGMENTS):
@@ -28,20 +28,23 @@ def _horizon_estimate(estimator: GradientEstimator, rule: torch.nn.Module, spec:
     return _flat_grad(rule) / SEGMENTS
 
 
-def test_pes_agrees_with_the_exact_full_horizon_gradient_where_truncation_does_not(float64):
+@pytest.mark.parametrize("final_fraction", [1.0, 0.5])
+def test_pes_agrees_with_the_exact_full_horizon_gradient_where_truncation_does_not(float64, final_fraction):
     """Over 300 independent PES runs the mean estimate is within 4.5 standard errors of the exact gradient of the
-    12-step horizon in every coordinate; truncated backpropagation over the same 4-step segments is not."""
+    12-step horizon's meta-loss in every coordinate (all its losses, or those of its last half only: there PES
+    credits the first segment's perturbations for them); truncated backpropagation over the same 4-step segments is
+    not."""
     torch.manual_seed(0)
     rule = FFMetaOptimizer(hidden_dim=4, num_layers=1, lr=0.01).double()
     spec = TaskSpec("quadratic", arch={"dim": 4}, horizon=SEGMENTS * LENGTH, seed=3)
     rule.zero_grad()
-    unroll(rule, InnerState.start(spec, rule), SEGMENTS * LENGTH).meta_loss.backward()
+    unroll(rule, InnerState.start(spec, rule), SEGMENTS * LENGTH, final_fraction=final_fraction).meta_loss.backward()
     exact = _flat_grad(rule).clone()
-    runs = torch.stack([_horizon_estimate(PersistentES(num_pairs=4, sigma=0.01, seed=s), rule, spec)
-                        for s in range(300)])
+    runs = torch.stack([_horizon_estimate(PersistentES(num_pairs=4, sigma=0.01, final_fraction=final_fraction, seed=s),
+                                          rule, spec) for s in range(300)])
     standard_error = runs.std(0) / runs.shape[0] ** 0.5
     assert ((runs.mean(0) - exact) / standard_error).abs().max() < 4.5
-    truncated = _horizon_estimate(TruncatedBackprop(), rule, spec)
+    truncated = _horizon_estimate(TruncatedBackprop(final_fraction=final_fraction), rule, spec)
     assert ((truncated - exact) / standard_error).abs().max() > 4.5
 
 
@@ -79,7 +82,9 @@ def test_the_estimator_state_round_trips_exactly():
     [(lambda: PersistentES(num_pairs=0), "num_pairs"), (lambda: PersistentES(sigma=0.0), "sigma"),
      (lambda: PersistentES(meta_loss="sum"), "model.estimator.init_args.meta_loss"),
      (lambda: TruncatedBackprop(meta_loss="sum"), "model.estimator.init_args.meta_loss"),
-     (lambda: TruncatedBackprop(backprop_window=0), "model.estimator.init_args.backprop_window")],
+     (lambda: TruncatedBackprop(backprop_window=0), "model.estimator.init_args.backprop_window"),
+     (lambda: PersistentES(final_fraction=0.0), "model.estimator.init_args.final_fraction"),
+     (lambda: TruncatedBackprop(final_fraction=1.5), "model.estimator.init_args.final_fraction")],
 )
 def test_bad_values_name_the_key(build, key):
     with pytest.raises(ConfigError, match=key):

@@ -24,13 +24,13 @@ import statistics
 from pathlib import Path
 
 import torch
+from results_table import RESULTS, save_report
 from tqdm import tqdm
 
 from lightning_l2o.evaluation import Trajectory, TrajectoryCache, log10_loss
 from lightning_l2o.meta_optimizers.baselines import Adam
 from lightning_l2o.tasks import TaskSpec
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "replication" / "runs"
 MIXTURE = ("fashion_mnist-width8", "17", "fashion_mnist-width32", "fashion_mnist-depth1", "fashion_mnist-depth2",
            "mnist-width16", "digits-mlp")
@@ -84,10 +84,8 @@ def main() -> None:
                          f"{half:.4f} / {w_half:.4f} ({w_half - half:+.4f}) | "
                          f"{final:.3f} / {w_final:.3f} ({w_final - final:+.3f}) |")
     progress.close()
-    out = RESULTS / "warmup_horizon"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (RESULTS / "warmup_horizon").mkdir(parents=True, exist_ok=True)
+    save_report(lines, f"warmup_horizon/{args.name}.md")
 
 
 if __name__ == "__main__":

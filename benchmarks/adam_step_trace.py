@@ -7,6 +7,7 @@ Each checkpoint's rule trains each of ``--presets`` (task 17 by default; validat
 test seed) for ``--steps`` steps; the table (one row per run folder and preset) gives its ``--info`` at a few
 steps, and ``benchmarks/results/adam_step_trace/<--name>.png`` plots the whole traces. ``adam_scale`` (rules meta-trained
 with ``adam_scale: true``) is the mean over parameter tensors of ``10 ** tanh(s)``, the factor on Adam's step;
+``adam_schedule`` (with ``adam_schedule: true``) the factor of the learned schedule alone, ``10 ** tanh(w . phi(t) + c)``;
 ``adam_fast_weight`` (with ``adam_fast_beta2``) the mean over coordinates of ``tanh(r)``, how far Adam's
 denominator moves towards the fast second moment's (0: Adam's, 1: the fast one's); ``correction_rms`` (any rule with
 ``adam_lr``) the RMS over coordinates of the learned term added to Adam's step.
@@ -32,6 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "adam_step_trace"
 INFOS = {  # info key -> (the option that makes a rule report it, axis label)
     "adam_scale": ("adam_scale: true", "factor on Adam's step (mean over tensors)"),
     "adam_fast_weight": ("adam_fast_beta2", "weight of the fast second moment (mean)"),
+    "adam_schedule": ("adam_schedule: true", "factor of the learned schedule on Adam's step"),
     "correction_rms": ("adam_lr", "RMS of the learned term added to Adam's step"),
 }
 

@@ -9,7 +9,9 @@ and ``theta <- theta + delta`` (Kofinas et al. 2024: ``lr = exp_scale = 0.01``; 
 Inductive biases (constructor arguments, so YAML options): ``progress_features`` appends training-progress
 features; ``adam_lr`` makes the update a learned correction on top of an Adam step, ``theta <- adam(theta) +
 delta``, with the output layer zero-initialised so that the untrained rule is Adam; ``adam_scale`` adds a third
-output that rescales Adam's step per tensor (a learned per-layer learning rate and schedule);
+output that rescales Adam's step per tensor (a learned per-layer learning rate and schedule); ``adam_schedule``
+rescales it by a learned function of the step alone (a learned learning-rate schedule, e.g. a warmup, with 12
+meta-parameters);
 ``adam_fast_beta2`` adds an output that, per coordinate, moves Adam's denominator geometrically towards (or away
 from) a second, faster second moment (a learned beta2); ``output_scale`` shrinks the output layer's initial weights
 so that an untrained random draw takes small steps.
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State, check_fraction, check_positive
 from lightning_l2o.meta_optimizers.baselines import Adam
-from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures, build_feature_set
+from lightning_l2o.meta_optimizers.features import ALL, METZ_TIMESCALES, ChunkFeatures, build_feature_set, time_features
 from lightning_l2o.params import ParamSpace
 
 OUTPUTS = 2  # direction a and log-magnitude b; then s (adam_scale) and r (adam_fast_beta2) where enabled
@@ -80,6 +82,12 @@ class PerParameterOptimizer(MetaOptimizer):
             tensor is multiplied by ``10 ** tanh(mean of s over the tensor)`` (0.1x to 10x; 1 at the
             zero-initialised start, so the untrained rule is still Adam): with ``progress_features``, a learned
             per-layer learning rate and schedule. ``info`` gains ``adam_scale``, the mean multiplier over tensors.
+        adam_schedule: with ``adam_lr``, Adam's step of step ``t`` (from 1) is also multiplied by ``10 ** tanh(w .
+            phi(t) + c)``, where ``phi(t)`` are the 11 training-progress features ``tanh(t / s - 1)`` and ``w (11,)``,
+            ``c`` are meta-parameters (:attr:`schedule`, zero-initialised: the untrained rule is still Adam). With
+            ``adam_scale`` the two add inside the ``tanh``. A learned learning-rate schedule (warmup, decay) in 12
+            meta-parameters, few enough for an evolution-strategies estimator to resolve, which a schedule learned
+            through the whole network's ``s`` is not. ``info`` gains ``adam_schedule``, the factor of this step.
         adam_beta2: beta2 of the Adam step (``torch.optim.Adam``'s 0.999 by default).
         adam_fast_beta2: with ``adam_lr``, the rule also keeps a faster second moment ``u`` (this beta2, e.g. 0.99),
             the network has a further output ``r`` per coordinate, and Adam's denominator ``sqrt(v_hat)`` becomes
@@ -109,7 +117,7 @@ class PerParameterOptimizer(MetaOptimizer):
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
         output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
         adam_scale: bool = False, adam_beta2: float = 0.999, adam_fast_beta2: float | None = None,
-        shape_features: bool = False, **config: Any,
+        shape_features: bool = False, adam_schedule: bool = False, **config: Any,
     ) -> None:
         owner = type(self).__name__
         feature_set = build_feature_set(features, progress_features, shape_features)
@@ -134,6 +142,9 @@ class PerParameterOptimizer(MetaOptimizer):
         if adam_scale and adam_lr is None:
             raise ConfigError(f"{owner}: adam_scale rescales the Adam step, and there is none: set adam_lr (e.g. "
                               f"0.01) or adam_scale: false")
+        if adam_schedule and adam_lr is None:
+            raise ConfigError(f"{owner}: adam_schedule rescales the Adam step, and there is none: set adam_lr (e.g. "
+                              f"0.01) or adam_schedule: false")
         if adam_fast_beta2 is not None and adam_lr is None:
             raise ConfigError(f"{owner}: adam_fast_beta2 reweighs the Adam step's denominator, and there is none: set "
                               f"adam_lr (e.g. 0.01) or adam_fast_beta2: null")
@@ -143,12 +154,16 @@ class PerParameterOptimizer(MetaOptimizer):
                          progress_features=progress_features, adam_lr=adam_lr, output_scale=output_scale,
                          chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale,
                          adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, shape_features=shape_features,
-                         **config)
+                         adam_schedule=adam_schedule, **config)
         self.features = feature_set
         self.lr, self.exp_scale, self.output_scale = lr, exp_scale, output_scale
         self.chunk_size, self.network_dtype = chunk_size, NETWORK_DTYPES[network_dtype]
         self.adam = None if adam_lr is None else Adam(lr=adam_lr, beta2=adam_beta2)
         self.adam_scale, self.adam_fast_beta2 = adam_scale, adam_fast_beta2
+        self.schedule = nn.Linear(len(METZ_TIMESCALES), 1) if adam_schedule else None
+        if self.schedule is not None:
+            nn.init.zeros_(self.schedule.weight)
+            nn.init.zeros_(self.schedule.bias)
 
     @property
     def num_outputs(self) -> int:
@@ -232,19 +247,28 @@ class PerParameterOptimizer(MetaOptimizer):
             denominator = denominator * ratio ** (fast_weight / 2)  # exactly sqrt(v_hat) at weight 0
             adam_info["adam_fast_weight"] = fast_weight.detach().mean()
         stepped = self.adam.apply_step(params.detach(), m_hat, denominator, adam_lr)
-        if self.adam_scale:
-            multiplier = self._adam_multiplier(adam_outputs[:, 0], space)
+        if self.adam_scale or self.schedule is not None:
+            multiplier = self._adam_multiplier(adam_outputs[:, 0] if self.adam_scale else None, adam_state["step"],
+                                               space, adam_info)
             stepped = stepped + (multiplier[space.segment_ids] - 1) * (stepped - params.detach())  # exact at 1
-            adam_info["adam_scale"] = multiplier.detach().mean()
         stepped = stepped + (params - params.detach())  # the same values, and d stepped / d params = 1
         info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta), **adam_info}
         return stepped + delta, {**feature_state, **network_state, **_prefixed(adam_state)}, info
 
-    @staticmethod
-    def _adam_multiplier(scale_outputs: Tensor, space: ParamSpace) -> Tensor:
-        """``s (n,)`` -> each tensor's factor on Adam's step, ``10 ** tanh(mean of s over the tensor)``:
-        ``(num_tensors,)``."""
-        return ADAM_SCALE_RANGE ** torch.tanh(space.segment_mean(scale_outputs))
+    def _adam_multiplier(self, scale_outputs: Tensor | None, step: Tensor, space: ParamSpace, info: Info) -> Tensor:
+        """Each tensor's factor on Adam's step, ``(num_tensors,)``: ``10 ** tanh(x)``, where ``x`` adds the mean of
+        ``scale_outputs`` ``s (n,)`` over the tensor (``adam_scale``) and the schedule's ``w . phi(step) + c``
+        (``adam_schedule``). Records ``adam_scale`` (mean factor) and ``adam_schedule`` (the schedule's own) in
+        ``info``."""
+        log_scale = space.segment_mean(scale_outputs) if scale_outputs is not None else step.new_zeros(
+            len(space.segment_sizes))
+        if self.schedule is not None:
+            scheduled = self.schedule(time_features(step.to(log_scale.dtype)))
+            log_scale = log_scale + scheduled
+            info["adam_schedule"] = ADAM_SCALE_RANGE ** torch.tanh(scheduled.detach()[0])
+        multiplier = ADAM_SCALE_RANGE ** torch.tanh(log_scale)
+        info["adam_scale"] = multiplier.detach().mean()
+        return multiplier
 
     def _chunks(self, n: int) -> Iterator[slice]:
         return (slice(start, start + self.chunk_size) for start in range(0, n, self.chunk_size))

@@ -1,5 +1,5 @@
 """FF and LSTM meta-optimizers: shapes, the one-step update form, meta-gradients, deployment, the options
-(features, progress_features, adam_lr, output_scale), chunking and the bfloat16 network."""
+(features, progress_features, adam_lr, adam_scale, adam_schedule, output_scale), chunking and the bfloat16 network."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lightning_l2o.checkpoints import build_meta_optimizer, meta_optimizer_confi
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.meta_optimizers import Adam, MetaOptimizer, State
+from lightning_l2o.meta_optimizers.features import METZ_TIMESCALES, time_features
 from lightning_l2o.meta_optimizers.lstm import gate_weights, lstm_cell
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.optim import LearnedOptimizer
@@ -39,9 +40,10 @@ OPTIONS = {  # every inductive-bias option, alone and together
     "adam_correction": {"features": "kofinas", "adam_lr": 1e-2},
     "adam_scale": {"features": "kofinas", "adam_lr": 1e-2, "adam_scale": True},
     "adam_fast_beta2": {"features": "kofinas", "adam_lr": 1e-2, "adam_fast_beta2": 0.99},
+    "adam_schedule": {"features": "kofinas", "adam_lr": 1e-2, "adam_schedule": True},
     "shape": {"features": "adam", "shape_features": True},
     "all": {"features": "adam", "progress_features": True, "shape_features": True, "adam_lr": 1e-2, "adam_scale": True,
-            "adam_fast_beta2": 0.99},
+            "adam_fast_beta2": 0.99, "adam_schedule": True},
     "output_scale": {"features": "kofinas", "output_scale": 0.01},
 }
 FEATURE_OPTIONS = {"kofinas": {"features": "kofinas"}, **OPTIONS}
@@ -51,6 +53,8 @@ ADAM_OPTIONS = [  # what the network adds to the Adam step
     pytest.param({"adam_fast_beta2": 0.99}, id="correction_and_fast_beta2"),
     pytest.param({"adam_scale": True, "adam_fast_beta2": 0.99}, id="correction_scale_and_fast_beta2"),
     pytest.param({"adam_scale": True, "shape_features": True}, id="correction_and_scale_with_shape_features"),
+    pytest.param({"adam_schedule": True}, id="correction_and_schedule"),
+    pytest.param({"adam_scale": True, "adam_schedule": True}, id="correction_scale_and_schedule"),
 ]
 
 
@@ -209,6 +213,7 @@ def test_unrolled_meta_gradient_reaches_every_weight(make):
     ({"output_scale": -1.0}, "output_scale must be > 0, got -1.0; e.g. 0.01"),
     ({"adam_lr": 1e-2, "output_scale": 0.01}, "remove output_scale or set adam_lr: null"),
     ({"adam_scale": True}, "adam_scale rescales the Adam step, and there is none: set adam_lr"),
+    ({"adam_schedule": True}, "adam_schedule rescales the Adam step, and there is none: set adam_lr"),
     ({"adam_fast_beta2": 0.99}, "adam_fast_beta2 reweighs the Adam step's denominator, and there is none: set adam_lr"),
     ({"adam_lr": 1e-2, "adam_fast_beta2": 1.0}, r"adam_fast_beta2 must be in \[0, 1\), got 1.0"),
     ({"adam_lr": 1e-2, "adam_beta2": -0.1}, r"adam_beta2 must be in \[0, 1\), got -0.1"),
@@ -234,7 +239,7 @@ def test_options_set_the_input_width_the_state_and_the_recorded_config():
                                         "exp_scale": 0.01, "progress_features": False, "adam_lr": None,
                                         "output_scale": 1.0, "chunk_size": 16384, "network_dtype": "float32",
                                         "adam_scale": False, "adam_beta2": 0.999, "adam_fast_beta2": None,
-                                        "shape_features": False}
+                                        "shape_features": False, "adam_schedule": False}
     assert FFMetaOptimizer(features="adam", shape_features=True).network.net[0].in_features == 6 + 2
     assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True).output_layer.out_features == 3
     assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True, adam_fast_beta2=0.99).output_layer.out_features == 4
@@ -274,6 +279,25 @@ def test_adam_scale_multiplies_each_tensors_adam_step_by_ten_to_the_tanh_of_its_
         in_tensor = ratio[SPACE.segment_ids == segment]
         torch.testing.assert_close(in_tensor, in_tensor[0].expand_as(in_tensor))
     assert not torch.allclose(ratio, ratio[0].expand_as(ratio))
+
+
+@pytest.mark.parametrize("make", RULES)
+def test_adam_schedule_multiplies_every_tensors_adam_step_by_ten_to_the_tanh_of_a_function_of_the_step(make):
+    params, grads = torch.randn(LAYOUT.total), torch.randn(LAYOUT.total)
+    adam, rule = make("adam", adam_lr=1e-2), make("adam", adam_lr=1e-2, adam_schedule=True)
+    assert rule.schedule.in_features == len(METZ_TIMESCALES)
+    with torch.no_grad():
+        rule.schedule.weight.normal_()
+        rule.schedule.bias.fill_(0.3)
+    adam_state, state, new = adam.init_state(params, SPACE), rule.init_state(params, SPACE), params
+    for step in range(1, 4):  # the same moments, so the same Adam step; the factor changes with the step
+        adam_new, adam_state, _ = adam(new, grads, torch.tensor(1.0), adam_state, SPACE, adam.lr)
+        rule_new, state, info = rule(new, grads, torch.tensor(1.0), state, SPACE, rule.lr)
+        expected = 10 ** torch.tanh(rule.schedule(time_features(torch.tensor(float(step))))).detach()
+        torch.testing.assert_close((rule_new - new).detach(), expected * (adam_new - new))
+        torch.testing.assert_close(info["adam_schedule"], expected[0])
+        new = adam_new
+    assert not torch.equal(time_features(torch.tensor(1.0)), time_features(torch.tensor(3.0)))
 
 
 @pytest.mark.parametrize("options", [{"features": "adam"}, {"features": "kofinas", "adam_lr": 1e-2}],

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_l2o.checkpoints import CHECKPOINT_KEY, FIX, FinalCheckpoint, check_compatible, meta_optimizer_config
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.estimators import GradientEstimator, TruncatedBackprop
+from lightning_l2o.estimators import GradientEstimator, SegmentEstimate, TruncatedBackprop
 from lightning_l2o.evaluation import DIVERGENCE_FACTOR, Trajectory, best_lrs, grid_search, meta_test, summarize
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.base import class_path
@@ -34,7 +34,10 @@ class L2OModule(pl.LightningModule):
     the meta-loss backpropagated, optionally in windows of ``backprop_window`` steps; or
     :class:`~lightning_l2o.estimators.PersistentES`, unbiased over the whole horizon); the module
     clips it and applies it with Adam. A non-finite meta-loss, inner state or meta-gradient in any slot skips the
-    outer update, is counted in ``train/nonfinite_segments`` and restarts that slot's task.
+    outer update, is counted in ``train/nonfinite_segments`` and restarts that slot's task. A meta-batch whose
+    segments all lie before the objective's window (``final_fraction`` < 1) has no meta-gradient to apply: its
+    tasks carry on, the outer optimizer does not step (outer steps, ``trainer.max_steps``, count updates), and
+    ``train/uncounted_segments`` counts it.
 
     Under DDP each rank trains its own optimizees (its own task stream). The ranks agree on every skip: a segment
     non-finite on any rank skips the outer update on all of them (that rank restarts its task, the others carry
@@ -92,6 +95,7 @@ class L2OModule(pl.LightningModule):
         self.meta_optimizer = meta_optimizer
         self.meta_test_trajectories: list[Trajectory] = []
         self.nonfinite_segments = 0
+        self.uncounted_segments = 0
         self._consecutive_nonfinite = 0
         self._inners: list[InnerState | None] = []  # one optimizee per meta-batch slot
         self._restored_inners: list[dict[str, Any] | None] = []
@@ -127,9 +131,13 @@ class L2OModule(pl.LightningModule):
                                                     lambda loss: self.manual_backward(loss / len(segments))))
         grads_finite = all(bool(torch.isfinite(p.grad).all())
                            for p in self.meta_optimizer.parameters() if p.grad is not None)
-        if not self._average_meta_gradient(grads_finite and all(e is not None for e in estimates)):
+        finite = grads_finite and all(e is not None for e in estimates)
+        finite, counted = self._average_meta_gradient(finite, finite and any(e.counted for e in estimates))
+        if not finite:
             return self._skip_nonfinite(optimizer, [s.task for s in segments],
                                         [e.state if grads_finite and e is not None else None for e in estimates])
+        if not counted:
+            return self._skip_uncounted(optimizer, estimates)
         if self.hparams.gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
                                 gradient_clip_algorithm="norm")
@@ -171,24 +179,36 @@ class L2OModule(pl.LightningModule):
             self._slot_estimators.append(type(self.estimator)(**self.estimator.config))
         return self._slot_estimators[slot]
 
-    def _average_meta_gradient(self, finite: bool) -> bool:
-        """Whether every rank's segment was ``finite``; if so, average the meta-gradient across ranks.
+    def _average_meta_gradient(self, finite: bool, counted: bool) -> tuple[bool, bool]:
+        """Whether every rank's segment was ``finite``, and whether any rank's was ``counted`` (in the objective's
+        window); if both, average the meta-gradient across ranks.
 
-        One all-reduce of the gradients with each rank's verdict appended (a non-finite rank sends zeros), so the
-        ranks agree on the skip and the average in a single collective; nothing to do on one process.
+        One all-reduce of the gradients with each rank's two verdicts appended (a non-finite rank sends zeros), so
+        the ranks agree on a skip and the average in a single collective; nothing to do on one process.
         """
         world_size = self.trainer.world_size
         if world_size == 1:
-            return finite
+            return finite, counted
         params = list(self.meta_optimizer.parameters())
         grads = [p.grad if finite and p.grad is not None else torch.zeros_like(p) for p in params]
-        packed = torch.cat([*(g.flatten() for g in grads), torch.full((1,), float(finite), device=self.device)])
+        verdicts = torch.tensor([float(finite), float(counted)], device=self.device)
+        packed = torch.cat([*(g.flatten() for g in grads), verdicts])
         torch.distributed.all_reduce(packed)
-        if packed[-1].item() < world_size:
-            return False
-        for p, g in zip(params, (packed[:-1] / world_size).split([p.numel() for p in params])):
-            p.grad = g.view_as(p)
-        return True
+        all_finite, any_counted = packed[-2].item() == world_size, packed[-1].item() > 0
+        if all_finite and any_counted:
+            for p, g in zip(params, (packed[:-2] / world_size).split([p.numel() for p in params])):
+                p.grad = g.view_as(p)
+        return all_finite, any_counted
+
+    def _skip_uncounted(self, optimizer: Any, estimates: list[SegmentEstimate]) -> torch.Tensor:
+        """No outer update for a meta-batch (on every rank) with no loss in the objective's window; its tasks carry
+        on."""
+        optimizer.zero_grad()
+        self._inners = [e.state for e in estimates]
+        self._consecutive_nonfinite = 0
+        self.uncounted_segments += 1
+        self.log("train/uncounted_segments", float(self.uncounted_segments))
+        return torch.stack([e.meta_loss for e in estimates]).mean()
 
     def _skip_nonfinite(self, optimizer: Any, specs: list[TaskSpec], states: list[InnerState | None]) -> None:
         """Skip the outer update (agreed by all ranks); ``states``: each slot's finite state to carry on, or
@@ -215,6 +235,7 @@ class L2OModule(pl.LightningModule):
             "inner_states": self._gather_from_ranks(inners),
             "estimator_states": self._gather_from_ranks([e.state_dict() for e in self._slot_estimators]),
             "nonfinite_segments": self.nonfinite_segments,
+            "uncounted_segments": self.uncounted_segments,
         }
 
     def _gather_from_ranks(self, value: Any) -> list[Any]:
@@ -239,6 +260,7 @@ class L2OModule(pl.LightningModule):
             if state:
                 self._estimator_for(slot).load_state_dict(state)
         self.nonfinite_segments = saved["nonfinite_segments"]
+        self.uncounted_segments = saved.get("uncounted_segments", 0)  # absent from checkpoints before the count
 
     # ----------------------------------------------------------------------------------------- meta-test
     def on_validation_epoch_start(self) -> None:

@@ -1,4 +1,5 @@
 import copy
+import itertools
 
 import pytest
 import pytorch_lightning as pl
@@ -50,6 +51,32 @@ def test_non_finite_segment_is_skipped_counted_and_the_task_restarted(tmp_path):
     # Task horizon 60 = 6 segments; segment 1 was poisoned, so the restarted optimizee has trained segments 2-4.
     assert module._inners[0].step == 30
     assert trainer.callback_metrics["train/nonfinite_segments"] == 1
+
+
+class ParamsAfterBatches(pl.Callback):
+    def __init__(self) -> None:
+        self.records = []  # (global_step, flat meta-parameters) after each batch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        flat = torch.cat([p.detach().flatten() for p in module.meta_optimizer.parameters()]).clone()
+        self.records.append((trainer.global_step, flat))
+
+
+@pytest.mark.parametrize("estimator", [lambda: TruncatedBackprop(final_fraction=0.5),
+                                       lambda: PersistentES(num_pairs=2, final_fraction=0.5)], ids=["tbptt", "pes"])
+def test_segments_before_the_objective_window_take_no_outer_step(tmp_path, estimator):
+    # Horizon 60 in segments of 10; final_fraction 0.5 counts steps 31-60: segments 0-2 of each task have no loss in
+    # the window (a zero meta-gradient), so outer updates 1-3 come from task 1's segments 3-5 and update 4 from task
+    # 2's segment 3.
+    module, capture = L2OModule(Opt2Vec(), estimator()), ParamsAfterBatches()
+    trainer = tiny_trainer(tmp_path, max_steps=4, callbacks=[capture])
+    trainer.fit(module, tiny_datamodule(train_tasks=[quadratic(60)]))
+    assert [step for step, _ in capture.records] == [0, 0, 0, 1, 2, 3, 3, 3, 3, 4]
+    assert module.uncounted_segments == 6 and module.nonfinite_segments == 0
+    assert module._inners[0].step == 40  # the skipped segments' optimizee carried on
+    for (step, params), (next_step, next_params) in itertools.pairwise(capture.records):
+        assert torch.equal(params, next_params) == (step == next_step)  # parameters move exactly on an update
+    assert trainer.callback_metrics["train/uncounted_segments"] == 6
 
 
 class GradientsAtFirstStep(pl.Callback):

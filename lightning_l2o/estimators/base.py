@@ -25,12 +25,16 @@ class SegmentEstimate:
         state: the inner state to continue from, detached from any graph.
         inner_losses: ``(K,)`` training losses of the segment's inner steps.
         info: the rule's scalar infos averaged over the segment.
+        counted: whether any of the segment's losses is in the objective (``False`` for a segment wholly before the
+            window of ``final_fraction`` < 1: its meta-gradient is 0 by construction, and an outer step on it would
+            only move the meta-parameters by the outer optimizer's momentum and weight decay).
     """
 
     meta_loss: Tensor
     state: InnerState
     inner_losses: Tensor
     info: dict[str, Tensor]
+    counted: bool = True
 
 
 class GradientEstimator(ABC):
@@ -88,6 +92,11 @@ class MetaObjective:
         if not 0 < self.final_fraction <= 1:
             raise ConfigError(f"model.estimator.init_args.final_fraction must be in (0, 1], got "
                               f"{self.final_fraction!r}; e.g. 0.25 for the last quarter of each horizon, 1 for all")
+
+    def counts(self, state: InnerState, length: int) -> bool:
+        """Whether any loss of the ``length`` inner steps from ``state`` is in the objective: the segment reaches past
+        the first ``(1 - final_fraction)`` of its task's horizon (always, at ``final_fraction`` 1)."""
+        return self.final_fraction == 1.0 or state.step + length > (1.0 - self.final_fraction) * state.task.spec.horizon
 
     def unroll(self, rule: MetaOptimizer, state: InnerState, length: int, differentiable: bool = True) -> UnrollResult:
         """``length`` inner steps from ``state`` and their meta-loss."""

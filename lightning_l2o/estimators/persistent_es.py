@@ -63,6 +63,7 @@ class PersistentES(GradientEstimator):
         params = list(rule.parameters())
         theta = torch.cat([p.detach().flatten() for p in params])
         self._continue_or_start(state, theta)
+        counted = self.objective.counts(state, length)
         eps = self.sigma * torch.randn(self.num_pairs, theta.numel(), generator=self._perturbation_generator())
         eps = eps.to(theta)
         self._accumulated += eps
@@ -83,7 +84,7 @@ class PersistentES(GradientEstimator):
         self._position = _position(carried)
         info = {key: torch.stack([r.info[key] for r in results]).mean() for key in results[0].info}
         inner_losses = torch.stack([r.inner_losses for r in results]).mean(0)
-        return SegmentEstimate(losses.mean(), carried, inner_losses, info)
+        return SegmentEstimate(losses.mean(), carried, inner_losses, info, counted)
 
     def _continue_or_start(self, state: InnerState, theta: Tensor) -> None:
         """Keep the particles if ``state`` is where they left off (also after a resume), else start all of them

@@ -38,6 +38,7 @@ class TruncatedBackprop(GradientEstimator):
 
     def estimate(self, rule: MetaOptimizer, state: InnerState, length: int, backward: Backward) -> SegmentEstimate | None:
         window = self.backprop_window or length
+        counted = self.objective.counts(state, length)
         lengths = [min(window, length - s) for s in range(0, length, window)]
         meta_losses, inner_losses, infos = [], [], []
         for steps in lengths:
@@ -50,4 +51,4 @@ class TruncatedBackprop(GradientEstimator):
             inner_losses.append(result.inner_losses)
             infos.append(result.info)
         info = {key: torch.stack([i[key] for i in infos]).mean() for key in infos[0]}
-        return SegmentEstimate(torch.stack(meta_losses).mean(), state, torch.cat(inner_losses), info)
+        return SegmentEstimate(torch.stack(meta_losses).mean(), state, torch.cat(inner_losses), info, counted)

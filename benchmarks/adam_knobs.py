@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from results_table import RESULTS, save_report
 from tqdm import tqdm
 
 from lightning_l2o.checkpoints import load_meta_optimizer
@@ -37,7 +38,6 @@ from lightning_l2o.meta_optimizers.baselines import Adam
 from lightning_l2o.reporting import paired
 from lightning_l2o.tasks import TaskSpec
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "replication" / "runs"
 DEFAULT_BETA2 = 0.999
 KNOBS = "(lr, beta2, warmup)"
@@ -121,11 +121,7 @@ def main() -> None:
             lines.append(f"| {name} − Adam tuned over {reference} | {label} | {result.mean:+.{digits}f} "
                          f"[{result.low:+.{digits}f}, {result.high:+.{digits}f}] | {result.wins} / {result.losses} | "
                          f"{result.n} | {result.verdict} |")
-    table = "\n".join(lines)
-    out = RESULTS / "adam_knobs"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.md").write_text(table + "\n")
-    print(table)
+    save_report(lines, f"adam_knobs/{args.name}.md")
 
 
 if __name__ == "__main__":

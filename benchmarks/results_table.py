@@ -12,8 +12,8 @@ def save_report(lines: list[str], name: str, append: bool = False) -> Path:
     """Print ``lines`` and write them to ``benchmarks/results/<name>`` (after what is there, with ``append``)."""
     report = "\n".join(lines) + "\n"
     print(report, end="")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / name
+    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a" if append else "w") as f:
         f.write(report + ("\n" if append else ""))
     return out

@@ -84,7 +84,6 @@ def main() -> None:
                          f"{half:.4f} / {w_half:.4f} ({w_half - half:+.4f}) | "
                          f"{final:.3f} / {w_final:.3f} ({w_final - final:+.3f}) |")
     progress.close()
-    (RESULTS / "warmup_horizon").mkdir(parents=True, exist_ok=True)
     save_report(lines, f"warmup_horizon/{args.name}.md")
 
 

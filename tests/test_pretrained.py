@@ -22,8 +22,8 @@ from lightning_l2o.errors import ConfigError
 from lightning_l2o.pretrained import CARD_FIELDS, FORMAT, NOT_MEASURED, export_pretrained, main, pretrained_rule
 from lightning_l2o.report import main as report_main
 
-SHIPPED = ["ff_fashion_mnist_task17", "ff_mixture_adam_scale", "lstm_fashion_mnist_task17", "opt2vec_mixed",
-           "pna_fashion_mnist_task17"]
+SHIPPED = ["ff_fashion_mnist_task17", "ff_mixture_adam_scale", "ff_mixture_adam_schedule", "lstm_fashion_mnist_task17",
+           "opt2vec_mixed", "pna_fashion_mnist_task17"]
 NEEDS_THE_MODEL = {"pna_fashion_mnist_task17"}
 """Rules that read the model's neural graph: deployed on the module, refused bare parameters."""
 MAX_BYTES = {"pna_fashion_mnist_task17": 4_000_000}

@@ -92,9 +92,9 @@ def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int,
 
 def report(
     methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
-    name: str, baselines: list[str], runs: list[str], pretrained: bool,
+    name: str, baselines: list[str], runs: list[str], pretrained: list[str] | None,
 ) -> None:
-    checkpoints = _pretrained(methods) if pretrained else _checkpoints(methods, runs)
+    checkpoints = _pretrained(methods, pretrained) if pretrained is not None else _checkpoints(methods, runs)
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
@@ -114,15 +114,17 @@ def _checkpoints(methods: list[str], runs: list[str]) -> dict[str, str | list[st
     return {m: paths if len(paths) > 1 else paths[0] for m, paths in found.items()}
 
 
-def _pretrained(methods: list[str]) -> dict[str, str]:
-    """``pretrained:<name>`` of each method's shipped optimizer meta-trained on task 17."""
+def _pretrained(methods: list[str], names: list[str]) -> dict[str, str]:
+    """``{name: "pretrained:<name>"}`` of the shipped optimizers ``names``; none named: each method's shipped
+    optimizer meta-trained on task 17 (``<method>_fashion_mnist_task17``), under the method's name."""
     from lightning_l2o.checkpoints import PRETRAINED_PREFIX
     from lightning_l2o.pretrained import list_pretrained
 
-    missing = [m for m in methods if PRETRAINED.format(method=m) not in list_pretrained()]
+    wanted = dict(zip(names, names)) if names else {m: PRETRAINED.format(method=m) for m in methods}
+    missing = [name for name in wanted.values() if name not in list_pretrained()]
     if missing:
-        raise SystemExit(f"no shipped optimizer for {missing} (shipped: {list_pretrained()}); drop them from --methods")
-    return {m: PRETRAINED_PREFIX + PRETRAINED.format(method=m) for m in methods}
+        raise SystemExit(f"no shipped optimizer {missing} (shipped: {list_pretrained()})")
+    return {label: PRETRAINED_PREFIX + name for label, name in wanted.items()}
 
 
 def preset_axes(architecture: str) -> dict[str, int]:
@@ -329,9 +331,10 @@ def main() -> None:
     report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
     report_parser.add_argument("--name", default="report", help="output folder under benchmarks/results/replication")
     report_parser.add_argument("--baselines", nargs="+", default=["adam", "adamw", "sgd_momentum"])
-    report_parser.add_argument("--pretrained", action="store_true",
-                               help="evaluate the optimizers shipped in the package (<method>_fashion_mnist_task17) "
-                                    "instead of --runs")
+    report_parser.add_argument("--pretrained", nargs="*", metavar="NAME",
+                               help="evaluate optimizers shipped in the package instead of --runs: the named ones "
+                                    "(e.g. ff_mixture_adam_schedule), or with no name each method's "
+                                    "<method>_fashion_mnist_task17")
     generalization_parser = sub.add_parser("generalization")
     generalization_parser.add_argument("--reports", nargs="+", required=True,
                                        help="report folders under benchmarks/results/replication (written by report), each "
@@ -344,7 +347,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage == "fit":
         fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every, args.set)
-    elif args.stage == "report" and args.pretrained and args.runs:
+    elif args.stage == "report" and args.pretrained is not None and args.runs:
         parser.error("--pretrained evaluates the shipped optimizers: drop --runs, or drop --pretrained")
     elif args.stage == "generalization":
         generalization(args.reports, args.name)

@@ -323,8 +323,8 @@ def main() -> None:
     report_parser.add_argument("--runs", nargs="+",
                                help="run folders of each method (several: one per meta-training seed; default 0)")
     report_parser.add_argument("--steps", type=int, default=1000)
-    report_parser.add_argument("--methods", nargs="*", choices=CONFIGS, default=list(METHODS),
-                               help="learned methods (none: only the baselines)")
+    report_parser.add_argument("--methods", nargs="*", choices=CONFIGS,
+                               help=f"learned methods (default: {' '.join(METHODS)}; none: only the baselines)")
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
     report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
@@ -349,13 +349,16 @@ def main() -> None:
         fit(args.methods, args.outer_steps, args.resume, args.run, args.seed, args.val_every, args.set)
     elif args.stage == "report" and args.pretrained is not None and args.runs:
         parser.error("--pretrained evaluates the shipped optimizers: drop --runs, or drop --pretrained")
+    elif args.stage == "report" and args.pretrained and args.methods is not None:
+        parser.error("--pretrained NAME ... evaluates the named optimizers, not --methods: drop --methods, or drop "
+                     "the names to evaluate each method's <method>_fashion_mnist_task17")
     elif args.stage == "generalization":
         generalization(args.reports, args.name)
     elif args.stage == "baselines":
         baselines_table(args.report)
     else:
         report(
-            args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
+            list(METHODS) if args.methods is None else args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
             args.runs or ["0"], args.pretrained,
         )
 

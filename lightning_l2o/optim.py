@@ -42,12 +42,23 @@ class LearnedOptimizer(Optimizer):
     A step never turns the model into NaN by itself: a group whose gradient or loss is non-finite, or whose update
     would be, keeps its parameters and state; the first such step warns and all are counted in
     :attr:`nonfinite_steps`. A group with ``lr`` 0 (e.g. a warm-up from 0) does not move.
+
+    ``num_steps``: the number of steps the run will take, for a rule whose schedule reads the training progress
+    ``t / T`` (:attr:`~lightning_l2o.meta_optimizers.MetaOptimizer.uses_horizon`; required there, else unused);
+    past it the progress stays at 1.
     """
 
-    def __init__(self, params: Params | nn.Module, update_rule: MetaOptimizer, lr: float | None = None) -> None:
+    def __init__(self, params: Params | nn.Module, update_rule: MetaOptimizer, lr: float | None = None,
+                 num_steps: int | None = None) -> None:
         lr = update_rule.lr if lr is None else lr
         if not lr > 0:
             raise ConfigError(f"lr must be > 0, got {lr}")
+        if update_rule.uses_horizon and (isinstance(num_steps, bool) or not isinstance(num_steps, int)
+                                         or num_steps < 1):
+            raise ConfigError(f"{type(update_rule).__name__}'s schedule reads the training progress t / T: give "
+                              f"num_steps, the number of optimizer steps the run will take (e.g. "
+                              f"num_steps=1000), got {num_steps!r}")
+        self.num_steps = num_steps
         self.module = params if isinstance(params, nn.Module) else None
         super().__init__(list(params.parameters()) if self.module is not None else params, {"lr": lr})
         self.update_rule = update_rule.eval().requires_grad_(False)
@@ -91,7 +102,7 @@ class LearnedOptimizer(Optimizer):
         space = self.space(index)
         if STATE_KEY not in state:
             self.update_rule.to(flat.device)
-            state[STATE_KEY] = self.update_rule.init_state(flat, space)
+            state[STATE_KEY] = self.update_rule.start_state(flat, space, self.num_steps)
         loss = loss.to(flat)
         if not _finite(grads, loss if self.update_rule.uses_loss else grads):
             return self._skip_nonfinite(index, "gradient or loss")
@@ -139,7 +150,7 @@ def _finite(*tensors: Tensor) -> bool:
 
 def load_learned_optimizer(
     ckpt_path: str | Path, params: Params | nn.Module, lr: float | None = None,
-    map_location: str | torch.device = "cpu", network_dtype: str | None = None,
+    map_location: str | torch.device = "cpu", network_dtype: str | None = None, num_steps: int | None = None,
 ) -> LearnedOptimizer:
     """A ``torch.optim.Optimizer`` driven by the meta-optimizer trained in ``ckpt_path`` (``lr``: its base lr);
     ``ckpt_path`` may also be ``pretrained:<name>``, one of :func:`lightning_l2o.pretrained.list_pretrained`.
@@ -147,7 +158,8 @@ def load_learned_optimizer(
     ``params``: the model itself (needed by rules that read its structure, e.g. PNA; nested ``nn.Sequential``
     and a ``LightningModule`` passing ``self`` work) or its parameters. ``network_dtype``: ``bfloat16`` runs a
     per-parameter rule's network (FF, LSTM, PNA) in bf16 (recorded in the rule's config); ``None`` keeps the
-    checkpoint's setting.
+    checkpoint's setting. ``num_steps``: the run's number of steps, for a rule whose schedule reads the training
+    progress (see :class:`LearnedOptimizer`).
     """
     rule = load_meta_optimizer(ckpt_path, map_location)
     if network_dtype is not None:
@@ -155,4 +167,4 @@ def load_learned_optimizer(
             raise ConfigError(f"network_dtype={network_dtype!r}: {type(rule).__name__} has no per-parameter network; "
                               f"leave network_dtype unset for it")
         rule = rule.with_config(network_dtype=network_dtype)
-    return LearnedOptimizer(params, rule, lr=lr)
+    return LearnedOptimizer(params, rule, lr=lr, num_steps=num_steps)

@@ -37,7 +37,7 @@ class InnerState:
         task = build_task(spec).to(device)
         generator = task.generator()
         params = task.init_params(generator)
-        return cls(task, params, update_rule.init_state(params, task.space), 0, generator)
+        return cls(task, params, update_rule.start_state(params, task.space, spec.horizon), 0, generator)
 
     def detached(self) -> InnerState:
         """The same state cut from the autograd graph: the boundary between truncations."""

@@ -25,6 +25,9 @@ from lightning_l2o.switch import Switch
 State = dict[str, Tensor]
 Info = dict[str, Tensor]
 
+NUM_STEPS_KEY = "num_steps"
+"""The state key of the run's number of steps, for a rule that reads the training progress (:attr:`MetaOptimizer.uses_horizon`)."""
+
 UPDATE_RULES: dict[str, type[MetaOptimizer]] = {}
 """Every concrete :class:`MetaOptimizer` subclass defined so far, by class path: what a checkpoint may build."""
 
@@ -56,11 +59,14 @@ class MetaOptimizer(nn.Module, ABC):
     Attributes:
         lr: the default step size, used when a caller gives none (the deploy wrapper's ``lr``).
         uses_loss: whether ``forward`` reads ``loss`` (the deploy wrapper then requires it).
+        uses_horizon: whether ``forward`` reads the run's number of steps (the training progress ``t / T``), which
+            :meth:`start_state` puts in the state (the deploy wrapper then requires ``num_steps``).
         execution_options: constructor arguments a checkpoint need not match (how the rule runs, not what it is).
     """
 
     lr: float
     uses_loss: bool = False
+    uses_horizon: bool = False
     execution_options: tuple[str, ...] = ()
     """Constructor arguments that change how the rule runs, not what it computes (e.g. ``chunk_size``): a checkpoint
     resumes under other values of them."""
@@ -85,6 +91,18 @@ class MetaOptimizer(nn.Module, ABC):
     @abstractmethod
     def init_state(self, params: Tensor, space: ParamSpace) -> State:
         """Optimizer state for flat ``params`` of shape ``(n,)``; all values are tensors."""
+
+    def start_state(self, params: Tensor, space: ParamSpace, num_steps: int | None = None) -> State:
+        """The state a run of ``num_steps`` steps starts from: :meth:`init_state`, and for a rule that
+        :attr:`uses_horizon` also ``num_steps`` (a 0-d tensor under :data:`NUM_STEPS_KEY`, carried by ``forward``)."""
+        state = self.init_state(params, space)
+        if self.uses_horizon:
+            if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+                raise ConfigError(f"{type(self).__name__} reads the training progress t / T and needs the run's number "
+                                  f"of steps T: give num_steps (a positive integer, e.g. the trainer's max_steps), "
+                                  f"got {num_steps!r}")
+            state[NUM_STEPS_KEY] = params.new_tensor(float(num_steps))
+        return state
 
     @abstractmethod
     def forward(

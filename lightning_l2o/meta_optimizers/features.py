@@ -77,11 +77,21 @@ def per_tensor_scale(x: Tensor, space: ParamSpace) -> Tensor:
     return torch.rsqrt(SECOND_MOMENT_EPS + space.segment_mean(x.square()))
 
 
+HORIZON_POWERS = (1, 2, 3, 4)
+
+
 def time_features(step: Tensor) -> Tensor:
     """``tanh(step / s - 1)`` for the time scales ``s`` of ``METZ_TIMESCALES``: ``(11,)``, the same for every
     coordinate (see :func:`append_time`)."""
     timescales = torch.tensor(METZ_TIMESCALES, dtype=step.dtype, device=step.device)
     return torch.tanh(step / timescales - 1)
+
+
+def horizon_features(step: Tensor, num_steps: Tensor) -> Tensor:
+    """Powers of the training progress ``p = step / num_steps`` (clamped to [0, 1]), ``p ** k`` for ``k`` in
+    :data:`HORIZON_POWERS`: ``(4,)``, for a schedule that can anneal towards the end of a run of known length."""
+    progress = (step / num_steps).clamp(0.0, 1.0)
+    return progress ** torch.tensor(HORIZON_POWERS, dtype=step.dtype, device=step.device)
 
 
 def append_time(features: Tensor, time: Tensor) -> Tensor:

@@ -76,11 +76,11 @@ class FFMetaOptimizer(PerParameterOptimizer):
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
         output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
         adam_scale: bool = False, adam_beta2: float = 0.999, adam_fast_beta2: float | None = None,
-        shape_features: bool = False, adam_schedule: bool = False,
+        shape_features: bool = False, adam_schedule: bool = False, schedule_horizon: bool = False,
     ) -> None:
         super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
                          chunk_size, network_dtype, adam_scale, adam_beta2, adam_fast_beta2, shape_features,
-                         adam_schedule)
+                         adam_schedule, schedule_horizon)
         self.network = PerParameterMLP(self.features.num_features, hidden_dim, num_layers, self.num_outputs)
         self.init_output_layer()
 

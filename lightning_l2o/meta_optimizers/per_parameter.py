@@ -11,7 +11,8 @@ features; ``adam_lr`` makes the update a learned correction on top of an Adam st
 delta``, with the output layer zero-initialised so that the untrained rule is Adam; ``adam_scale`` adds a third
 output that rescales Adam's step per tensor (a learned per-layer learning rate and schedule); ``adam_schedule``
 rescales it by a learned function of the step alone (a learned learning-rate schedule, e.g. a warmup, with 12
-meta-parameters);
+meta-parameters), and with ``schedule_horizon`` also of the training progress ``t / T`` (an anneal to the end of
+a run of known length);
 ``adam_fast_beta2`` adds an output that, per coordinate, moves Adam's denominator geometrically towards (or away
 from) a second, faster second moment (a learned beta2); ``output_scale`` shrinks the output layer's initial weights
 so that an untrained random draw takes small steps.
@@ -28,9 +29,17 @@ import torch
 from torch import Tensor, nn
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State, check_fraction, check_positive
+from lightning_l2o.meta_optimizers.base import NUM_STEPS_KEY, Info, MetaOptimizer, State, check_fraction, check_positive
 from lightning_l2o.meta_optimizers.baselines import Adam
-from lightning_l2o.meta_optimizers.features import ALL, METZ_TIMESCALES, ChunkFeatures, build_feature_set, time_features
+from lightning_l2o.meta_optimizers.features import (
+    ALL,
+    HORIZON_POWERS,
+    METZ_TIMESCALES,
+    ChunkFeatures,
+    build_feature_set,
+    horizon_features,
+    time_features,
+)
 from lightning_l2o.params import ParamSpace
 
 OUTPUTS = 2  # direction a and log-magnitude b; then s (adam_scale) and r (adam_fast_beta2) where enabled
@@ -88,6 +97,11 @@ class PerParameterOptimizer(MetaOptimizer):
             ``adam_scale`` the two add inside the ``tanh``. A learned learning-rate schedule (warmup, decay) in 12
             meta-parameters, few enough for an evolution-strategies estimator to resolve, which a schedule learned
             through the whole network's ``s`` is not. ``info`` gains ``adam_schedule``, the factor of this step.
+        schedule_horizon: with ``adam_schedule``, ``phi(t)`` also holds the powers ``p, p^2, p^3, p^4`` of the
+            training progress ``p = t / T`` (clamped to 1), ``T`` the run's number of steps (the task's horizon in
+            meta-training and meta-test, ``num_steps`` of the deployed optimizer; :meth:`start_state` puts it in the
+            state): a schedule that can anneal towards the end of the run, as tuned hand-made ones do, in 16
+            meta-parameters.
         adam_beta2: beta2 of the Adam step (``torch.optim.Adam``'s 0.999 by default).
         adam_fast_beta2: with ``adam_lr``, the rule also keeps a faster second moment ``u`` (this beta2, e.g. 0.99),
             the network has a further output ``r`` per coordinate, and Adam's denominator ``sqrt(v_hat)`` becomes
@@ -117,7 +131,7 @@ class PerParameterOptimizer(MetaOptimizer):
         exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
         output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
         adam_scale: bool = False, adam_beta2: float = 0.999, adam_fast_beta2: float | None = None,
-        shape_features: bool = False, adam_schedule: bool = False, **config: Any,
+        shape_features: bool = False, adam_schedule: bool = False, schedule_horizon: bool = False, **config: Any,
     ) -> None:
         owner = type(self).__name__
         feature_set = build_feature_set(features, progress_features, shape_features)
@@ -145,6 +159,9 @@ class PerParameterOptimizer(MetaOptimizer):
         if adam_schedule and adam_lr is None:
             raise ConfigError(f"{owner}: adam_schedule rescales the Adam step, and there is none: set adam_lr (e.g. "
                               f"0.01) or adam_schedule: false")
+        if schedule_horizon and not adam_schedule:
+            raise ConfigError(f"{owner}: schedule_horizon adds the training progress to the learned schedule, and there "
+                              f"is none: set adam_schedule: true (with adam_lr) or schedule_horizon: false")
         if adam_fast_beta2 is not None and adam_lr is None:
             raise ConfigError(f"{owner}: adam_fast_beta2 reweighs the Adam step's denominator, and there is none: set "
                               f"adam_lr (e.g. 0.01) or adam_fast_beta2: null")
@@ -154,13 +171,15 @@ class PerParameterOptimizer(MetaOptimizer):
                          progress_features=progress_features, adam_lr=adam_lr, output_scale=output_scale,
                          chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale,
                          adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, shape_features=shape_features,
-                         adam_schedule=adam_schedule, **config)
+                         adam_schedule=adam_schedule, schedule_horizon=schedule_horizon, **config)
         self.features = feature_set
         self.lr, self.exp_scale, self.output_scale = lr, exp_scale, output_scale
         self.chunk_size, self.network_dtype = chunk_size, NETWORK_DTYPES[network_dtype]
         self.adam = None if adam_lr is None else Adam(lr=adam_lr, beta2=adam_beta2)
         self.adam_scale, self.adam_fast_beta2 = adam_scale, adam_fast_beta2
-        self.schedule = nn.Linear(len(METZ_TIMESCALES), 1) if adam_schedule else None
+        self.uses_horizon = schedule_horizon
+        schedule_inputs = len(METZ_TIMESCALES) + (len(HORIZON_POWERS) if schedule_horizon else 0)
+        self.schedule = nn.Linear(schedule_inputs, 1) if adam_schedule else None
         if self.schedule is not None:
             nn.init.zeros_(self.schedule.weight)
             nn.init.zeros_(self.schedule.bias)
@@ -249,21 +268,26 @@ class PerParameterOptimizer(MetaOptimizer):
         stepped = self.adam.apply_step(params.detach(), m_hat, denominator, adam_lr)
         if self.adam_scale or self.schedule is not None:
             multiplier = self._adam_multiplier(adam_outputs[:, 0] if self.adam_scale else None, adam_state["step"],
-                                               space, adam_info)
+                                               state.get(NUM_STEPS_KEY), space, adam_info)
             stepped = stepped + (multiplier[space.segment_ids] - 1) * (stepped - params.detach())  # exact at 1
         stepped = stepped + (params - params.detach())  # the same values, and d stepped / d params = 1
         info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta), **adam_info}
-        return stepped + delta, {**feature_state, **network_state, **_prefixed(adam_state)}, info
+        horizon = {NUM_STEPS_KEY: state[NUM_STEPS_KEY]} if self.uses_horizon else {}
+        return stepped + delta, {**feature_state, **network_state, **_prefixed(adam_state), **horizon}, info
 
-    def _adam_multiplier(self, scale_outputs: Tensor | None, step: Tensor, space: ParamSpace, info: Info) -> Tensor:
+    def _adam_multiplier(self, scale_outputs: Tensor | None, step: Tensor, num_steps: Tensor | None, space: ParamSpace,
+                         info: Info) -> Tensor:
         """Each tensor's factor on Adam's step, ``(num_tensors,)``: ``10 ** tanh(x)``, where ``x`` adds the mean of
         ``scale_outputs`` ``s (n,)`` over the tensor (``adam_scale``) and the schedule's ``w . phi(step) + c``
-        (``adam_schedule``). Records ``adam_scale`` (mean factor) and ``adam_schedule`` (the schedule's own) in
+        (``adam_schedule``; ``phi`` with the progress ``step / num_steps`` under ``schedule_horizon``). Records ``adam_scale`` (mean factor) and ``adam_schedule`` (the schedule's own) in
         ``info``."""
         log_scale = space.segment_mean(scale_outputs) if scale_outputs is not None else step.new_zeros(
             len(space.segment_sizes))
         if self.schedule is not None:
-            scheduled = self.schedule(time_features(step.to(log_scale.dtype)))
+            time = time_features(step.to(log_scale.dtype))
+            if self.uses_horizon:
+                time = torch.cat([time, horizon_features(step.to(log_scale.dtype), num_steps.to(log_scale.dtype))])
+            scheduled = self.schedule(time)
             log_scale = log_scale + scheduled
             info["adam_schedule"] = ADAM_SCALE_RANGE ** torch.tanh(scheduled.detach()[0])
         multiplier = ADAM_SCALE_RANGE ** torch.tanh(log_scale)

@@ -75,13 +75,15 @@ def pretrained_rule(name: str, map_location: str | torch.device = "cpu") -> Meta
     return restore_meta_optimizer(saved["meta_optimizer"], saved["state_dict"], path)
 
 
-def load_pretrained(name: str, model_or_params: Params | nn.Module, lr: float | None = None) -> LearnedOptimizer:
-    """A ``torch.optim.Optimizer`` driven by the shipped optimizer ``name`` (``lr``: its base lr, default the rule's).
+def load_pretrained(name: str, model_or_params: Params | nn.Module, lr: float | None = None,
+                    num_steps: int | None = None) -> LearnedOptimizer:
+    """A ``torch.optim.Optimizer`` driven by the shipped optimizer ``name`` (``lr``: its base lr, default the rule's;
+    ``num_steps``: the run's number of steps, which a rule whose schedule reads the training progress requires).
 
     ``model_or_params`` as for :func:`~lightning_l2o.optim.load_learned_optimizer`: the model itself, or its
     parameters. Rules that read the loss (Opt2Vec) need ``step(loss.item())`` or ``step(closure)``.
     """
-    return load_learned_optimizer(f"{PRETRAINED_PREFIX}{name}", model_or_params, lr=lr)
+    return load_learned_optimizer(f"{PRETRAINED_PREFIX}{name}", model_or_params, lr=lr, num_steps=num_steps)
 
 
 def export_pretrained(

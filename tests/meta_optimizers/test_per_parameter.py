@@ -1,5 +1,6 @@
 """FF and LSTM meta-optimizers: shapes, the one-step update form, meta-gradients, deployment, the options
-(features, progress_features, adam_lr, adam_scale, adam_schedule, output_scale), chunking and the bfloat16 network."""
+(features, progress_features, adam_lr, adam_scale, adam_schedule, schedule_horizon, output_scale), chunking and the
+bfloat16 network."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from lightning_l2o.checkpoints import build_meta_optimizer, meta_optimizer_confi
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.meta_optimizers import Adam, MetaOptimizer, State
-from lightning_l2o.meta_optimizers.features import METZ_TIMESCALES, time_features
+from lightning_l2o.meta_optimizers.base import NUM_STEPS_KEY
+from lightning_l2o.meta_optimizers.features import HORIZON_POWERS, METZ_TIMESCALES, horizon_features, time_features
 from lightning_l2o.meta_optimizers.lstm import gate_weights, lstm_cell
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.optim import LearnedOptimizer
@@ -41,9 +43,10 @@ OPTIONS = {  # every inductive-bias option, alone and together
     "adam_scale": {"features": "kofinas", "adam_lr": 1e-2, "adam_scale": True},
     "adam_fast_beta2": {"features": "kofinas", "adam_lr": 1e-2, "adam_fast_beta2": 0.99},
     "adam_schedule": {"features": "kofinas", "adam_lr": 1e-2, "adam_schedule": True},
+    "schedule_horizon": {"features": "kofinas", "adam_lr": 1e-2, "adam_schedule": True, "schedule_horizon": True},
     "shape": {"features": "adam", "shape_features": True},
     "all": {"features": "adam", "progress_features": True, "shape_features": True, "adam_lr": 1e-2, "adam_scale": True,
-            "adam_fast_beta2": 0.99, "adam_schedule": True},
+            "adam_fast_beta2": 0.99, "adam_schedule": True, "schedule_horizon": True},
     "output_scale": {"features": "kofinas", "output_scale": 0.01},
 }
 FEATURE_OPTIONS = {"kofinas": {"features": "kofinas"}, **OPTIONS}
@@ -55,6 +58,7 @@ ADAM_OPTIONS = [  # what the network adds to the Adam step
     pytest.param({"adam_scale": True, "shape_features": True}, id="correction_and_scale_with_shape_features"),
     pytest.param({"adam_schedule": True}, id="correction_and_schedule"),
     pytest.param({"adam_scale": True, "adam_schedule": True}, id="correction_scale_and_schedule"),
+    pytest.param({"adam_schedule": True, "schedule_horizon": True}, id="correction_and_schedule_with_horizon"),
 ]
 
 
@@ -85,7 +89,7 @@ def train_small_model(make_optimizer: Callable[[nn.Module], Optimizer], steps: i
 @torch.no_grad()
 def run_rule(rule: MetaOptimizer, space: ParamSpace, params: Tensor, grads: list[Tensor]) -> tuple[Tensor, State]:
     """``params`` ``(n,)`` and ``rule``'s state after one step per gradient of ``grads``, from a fresh state."""
-    state = rule.init_state(params, space)
+    state = rule.start_state(params, space, len(grads))
     for g in grads:
         params, state, _ = rule(params, g, torch.tensor(1.0), state, space, rule.lr)
     return params, state
@@ -103,7 +107,7 @@ def check_untrained_adam_correction_is_adam(rule: PerParameterOptimizer) -> None
     """``rule`` (built with ``adam_lr=1e-2``, untrained) deployed for 10 steps: bit for bit the project's Adam
     rule, and ``torch.optim.Adam`` to 1e-6 (the Adam rule's bias corrections are float32, torch's float64)."""
     assert not rule.output_layer.weight.any() and not rule.output_layer.bias.any()
-    learned, _ = train_small_model(lambda model: LearnedOptimizer(model, rule))
+    learned, _ = train_small_model(lambda model: LearnedOptimizer(model, rule, num_steps=10))
     reference, _ = train_small_model(lambda model: torch.optim.Adam(model.parameters(), lr=1e-2))
     adam_rule, _ = train_small_model(lambda model: LearnedOptimizer(model, Adam(lr=1e-2)))
     assert torch.equal(learned, adam_rule)
@@ -117,7 +121,7 @@ def check_zero_output_layer_still_learns(rule: PerParameterOptimizer, space: Par
 
     def update_and_meta_grads() -> tuple[Tensor, dict[str, Tensor]]:
         rule.zero_grad()
-        new, state = params, rule.init_state(params, space)
+        new, state = params, rule.start_state(params, space, len(grads))
         for g in grads:
             new, state, _ = rule(new, g, torch.tensor(1.0), state, space, rule.lr)
         new.square().sum().backward()
@@ -140,7 +144,7 @@ def check_round_trip_and_deploy(rule: PerParameterOptimizer, model: Callable[[],
     rebuilt.load_state_dict(rule.state_dict())
     assert meta_optimizer_config(rebuilt) == saved
     before = ParamLayout.flatten([p.detach() for p in model().parameters()])
-    results = [train_small_model(lambda m, r=r: LearnedOptimizer(m, r), steps=5, model=model())[0]
+    results = [train_small_model(lambda m, r=r: LearnedOptimizer(m, r, num_steps=5), steps=5, model=model())[0]
                for r in (rule, rebuilt)]
     assert torch.equal(results[0], results[1])
     assert torch.isfinite(results[0]).all() and not torch.equal(results[0], before)
@@ -214,6 +218,7 @@ def test_unrolled_meta_gradient_reaches_every_weight(make):
     ({"adam_lr": 1e-2, "output_scale": 0.01}, "remove output_scale or set adam_lr: null"),
     ({"adam_scale": True}, "adam_scale rescales the Adam step, and there is none: set adam_lr"),
     ({"adam_schedule": True}, "adam_schedule rescales the Adam step, and there is none: set adam_lr"),
+    ({"adam_lr": 1e-2, "schedule_horizon": True}, "there is none: set adam_schedule: true"),
     ({"adam_fast_beta2": 0.99}, "adam_fast_beta2 reweighs the Adam step's denominator, and there is none: set adam_lr"),
     ({"adam_lr": 1e-2, "adam_fast_beta2": 1.0}, r"adam_fast_beta2 must be in \[0, 1\), got 1.0"),
     ({"adam_lr": 1e-2, "adam_beta2": -0.1}, r"adam_beta2 must be in \[0, 1\), got -0.1"),
@@ -239,7 +244,7 @@ def test_options_set_the_input_width_the_state_and_the_recorded_config():
                                         "exp_scale": 0.01, "progress_features": False, "adam_lr": None,
                                         "output_scale": 1.0, "chunk_size": 16384, "network_dtype": "float32",
                                         "adam_scale": False, "adam_beta2": 0.999, "adam_fast_beta2": None,
-                                        "shape_features": False, "adam_schedule": False}
+                                        "shape_features": False, "adam_schedule": False, "schedule_horizon": False}
     assert FFMetaOptimizer(features="adam", shape_features=True).network.net[0].in_features == 6 + 2
     assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True).output_layer.out_features == 3
     assert FFMetaOptimizer(adam_lr=1e-2, adam_scale=True, adam_fast_beta2=0.99).output_layer.out_features == 4
@@ -298,6 +303,43 @@ def test_adam_schedule_multiplies_every_tensors_adam_step_by_ten_to_the_tanh_of_
         torch.testing.assert_close(info["adam_schedule"], expected[0])
         new = adam_new
     assert not torch.equal(time_features(torch.tensor(1.0)), time_features(torch.tensor(3.0)))
+
+
+@pytest.mark.parametrize("make", RULES)
+def test_schedule_horizon_feeds_the_schedule_the_progress_through_the_run_and_holds_it_at_one_past_the_end(make):
+    params, grads = torch.randn(LAYOUT.total), torch.randn(LAYOUT.total)
+    adam, rule = make("adam", adam_lr=1e-2), make("adam", adam_lr=1e-2, adam_schedule=True, schedule_horizon=True)
+    assert rule.uses_horizon and rule.schedule.in_features == len(METZ_TIMESCALES) + len(HORIZON_POWERS)
+    with torch.no_grad():
+        rule.schedule.weight.zero_()
+        rule.schedule.weight[0, len(METZ_TIMESCALES):] = torch.tensor([0.0, 0.0, 0.0, -2.0])  # -2 p^4: an anneal
+    num_steps = 4
+    adam_state, state, new = adam.init_state(params, SPACE), rule.start_state(params, SPACE, num_steps), params
+    assert state[NUM_STEPS_KEY] == num_steps
+    factors = []
+    for _ in range(num_steps + 2):  # past the end the progress stays at 1
+        adam_new, adam_state, _ = adam(new, grads, torch.tensor(1.0), adam_state, SPACE, adam.lr)
+        rule_new, state, info = rule(new, grads, torch.tensor(1.0), state, SPACE, rule.lr)
+        factors.append(float(info["adam_schedule"]))
+        torch.testing.assert_close((rule_new - new).detach(), info["adam_schedule"] * (adam_new - new))
+        assert state[NUM_STEPS_KEY] == num_steps
+        new = adam_new
+    expected = [10 ** math.tanh(-2 * min(t / num_steps, 1.0) ** 4) for t in range(1, num_steps + 3)]
+    assert factors == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(horizon_features(torch.tensor(2.0), torch.tensor(4.0)),
+                               torch.tensor([0.5, 0.25, 0.125, 0.0625]))
+
+
+@pytest.mark.parametrize("make", RULES)
+def test_a_rule_that_reads_the_progress_refuses_to_start_without_the_runs_number_of_steps(make):
+    rule = make("adam", adam_lr=1e-2, adam_schedule=True, schedule_horizon=True)
+    with pytest.raises(ConfigError, match="needs the run's number of steps T: give num_steps"):
+        rule.start_state(torch.zeros(LAYOUT.total), SPACE)
+    with pytest.raises(ConfigError, match=r"give num_steps, the number of optimizer steps the run will take"):
+        LearnedOptimizer(small_mlp(), rule)
+    _, losses = train_small_model(lambda model: LearnedOptimizer(model, rule, num_steps=20), steps=20)
+    assert losses[-1] < losses[0]
+    assert NUM_STEPS_KEY not in make("adam", adam_lr=1e-2, adam_schedule=True).start_state(torch.zeros(3), SPACE)
 
 
 @pytest.mark.parametrize("options", [{"features": "adam"}, {"features": "kofinas", "adam_lr": 1e-2}],
@@ -368,7 +410,7 @@ def test_trained_rule_deploys_as_a_torch_optimizer_from_its_checkpoint(tmp_path,
     trainer.fit(module, tiny_datamodule())
     trainer.save_checkpoint(tmp_path / "rule.ckpt")
     model = nn.Linear(5, 2)
-    optimizer = load_learned_optimizer(tmp_path / "rule.ckpt", model.parameters())
+    optimizer = load_learned_optimizer(tmp_path / "rule.ckpt", model.parameters(), num_steps=3)
     before = [p.detach().clone() for p in model.parameters()]
     for _ in range(3):
         optimizer.zero_grad()

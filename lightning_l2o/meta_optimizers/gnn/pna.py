@@ -110,7 +110,7 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         num_layers: message-passing layers.
         head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
         lr, exp_scale, progress_features, adam_lr, output_scale, chunk_size, network_dtype, adam_scale, adam_beta2,
-        adam_fast_beta2, shape_features, adam_schedule: as in
+        adam_fast_beta2, shape_features, adam_schedule, schedule_horizon: as in
             :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``adam_lr`` and
             ``output_scale`` act on the per-parameter MLP's output layer; the GNN runs on the whole graph, the
             read-out MLP in chunks and, with ``network_dtype: bfloat16``, in bf16).
@@ -126,7 +126,7 @@ class PNAMetaOptimizer(PerParameterOptimizer):
         adam_lr: float | None = None, output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
         network_dtype: str = "float32", adam_scale: bool = False, adam_beta2: float = 0.999,
         adam_fast_beta2: float | None = None, shape_features: bool = False, adam_schedule: bool = False,
-        aggregators: Sequence[str] = ("mean", "min", "max", "std"), scalers: Sequence[str] = ("identity", "amplification"),
+        schedule_horizon: bool = False, aggregators: Sequence[str] = ("mean", "min", "max", "std"), scalers: Sequence[str] = ("identity", "amplification"),
         degree_layout: Sequence[int] = TASK_17_LAYOUT, kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024,
         max_hidden_layers: int = 32, max_outputs: int = 1024,
     ) -> None:
@@ -137,7 +137,7 @@ class PNAMetaOptimizer(PerParameterOptimizer):
             raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got {degree_layout}")
         super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
                          chunk_size, network_dtype, adam_scale, adam_beta2, adam_fast_beta2, shape_features,
-                         adam_schedule, head_layers=head_layers,
+                         adam_schedule, schedule_horizon, head_layers=head_layers,
                          aggregators=list(aggregators), scalers=list(scalers), degree_layout=list(degree_layout), kernel_size=kernel_size,
                          max_inputs=max_inputs, max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
         num_features = self.features.num_features

@@ -1,9 +1,11 @@
 import pytest
 import torch
 
-from lightning_l2o.meta_optimizers import Opt2Vec
+from lightning_l2o.meta_optimizers import FFMetaOptimizer, Opt2Vec
+from lightning_l2o.meta_optimizers.base import NUM_STEPS_KEY
 from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, unroll
+from tests.conftest import quadratic
 
 
 def _meta_loss(rule, spec, steps, **kwargs):
@@ -47,6 +49,13 @@ def test_unroll_carries_state_and_counts_steps():
     assert not detached.params.requires_grad and detached.step == 3
     more = unroll(rule, detached, 2)
     assert more.state.step == 5
+
+
+def test_a_rule_that_reads_the_progress_starts_with_the_tasks_horizon_in_its_state():
+    rule = FFMetaOptimizer("adam", hidden_dim=4, num_layers=1, adam_lr=1e-2, adam_schedule=True, schedule_horizon=True)
+    state = InnerState.start(quadratic(37), rule)
+    assert state.opt_state[NUM_STEPS_KEY] == 37
+    assert NUM_STEPS_KEY in unroll(rule, state, 3, "train").state.opt_state
 
 
 def test_inner_state_round_trips_through_a_state_dict():

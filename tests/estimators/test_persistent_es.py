@@ -61,8 +61,10 @@ def test_particles_persist_within_a_task_and_restart_with_a_new_one():
     assert other.state.step == 4  # a new optimizee: the particles started over from it
 
 
-def test_the_estimator_state_round_trips_exactly():
-    rule = FFMetaOptimizer(hidden_dim=4, num_layers=1)
+@pytest.mark.parametrize("options", [{}, {"features": "adam", "adam_lr": 1e-2, "adam_schedule": True,
+                                          "schedule_horizon": True}], ids=["ff", "ff_with_a_horizon_schedule"])
+def test_the_estimator_state_round_trips_exactly(options):
+    rule = FFMetaOptimizer(hidden_dim=4, num_layers=1, **options)
     spec = TaskSpec("regression", arch={"inputs": 3}, batch_size=8, horizon=12, seed=1)
     estimator = PersistentES(num_pairs=2)
     state = estimator.estimate(rule, InnerState.start(spec, rule), 4, lambda loss: None).state

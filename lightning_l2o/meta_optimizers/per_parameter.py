@@ -266,14 +266,23 @@ class PerParameterOptimizer(MetaOptimizer):
             denominator = denominator * ratio ** (fast_weight / 2)  # exactly sqrt(v_hat) at weight 0
             adam_info["adam_fast_weight"] = fast_weight.detach().mean()
         stepped = self.adam.apply_step(params.detach(), m_hat, denominator, adam_lr)
+        num_steps = self._num_steps(state) if self.uses_horizon else None
         if self.adam_scale or self.schedule is not None:
             multiplier = self._adam_multiplier(adam_outputs[:, 0] if self.adam_scale else None, adam_state["step"],
-                                               state.get(NUM_STEPS_KEY), space, adam_info)
+                                               num_steps, space, adam_info)
             stepped = stepped + (multiplier[space.segment_ids] - 1) * (stepped - params.detach())  # exact at 1
         stepped = stepped + (params - params.detach())  # the same values, and d stepped / d params = 1
         info = {"update_rms": _rms(stepped - params + delta), "correction_rms": _rms(delta), **adam_info}
-        horizon = {NUM_STEPS_KEY: state[NUM_STEPS_KEY]} if self.uses_horizon else {}
+        horizon = {NUM_STEPS_KEY: num_steps} if self.uses_horizon else {}
         return stepped + delta, {**feature_state, **network_state, **_prefixed(adam_state), **horizon}, info
+
+    def _num_steps(self, state: State) -> Tensor:
+        """The run's number of steps from ``state``, where :meth:`start_state` put it."""
+        if NUM_STEPS_KEY not in state:
+            raise ConfigError(f"{type(self).__name__} reads the training progress t / T, and its state has no "
+                              f"'{NUM_STEPS_KEY}': start the state with start_state(params, space, num_steps), not "
+                              f"init_state")
+        return state[NUM_STEPS_KEY]
 
     def _adam_multiplier(self, scale_outputs: Tensor | None, step: Tensor, num_steps: Tensor | None, space: ParamSpace,
                          info: Info) -> Tensor:

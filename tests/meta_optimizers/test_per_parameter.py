@@ -337,6 +337,9 @@ def test_a_rule_that_reads_the_progress_refuses_to_start_without_the_runs_number
         rule.start_state(torch.zeros(LAYOUT.total), SPACE)
     with pytest.raises(ConfigError, match=r"give num_steps, the number of optimizer steps the run will take"):
         LearnedOptimizer(small_mlp(), rule)
+    params = torch.zeros(LAYOUT.total)
+    with pytest.raises(ConfigError, match=r"its state has no 'num_steps': start the state with start_state"):
+        rule(params, torch.ones_like(params), torch.tensor(1.0), rule.init_state(params, SPACE), SPACE, rule.lr)
     _, losses = train_small_model(lambda model: LearnedOptimizer(model, rule, num_steps=20), steps=20)
     assert losses[-1] < losses[0]
     assert NUM_STEPS_KEY not in make("adam", adam_lr=1e-2, adam_schedule=True).start_state(torch.zeros(3), SPACE)

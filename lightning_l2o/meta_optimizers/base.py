@@ -26,7 +26,8 @@ State = dict[str, Tensor]
 Info = dict[str, Tensor]
 
 NUM_STEPS_KEY = "num_steps"
-"""The state key of the run's number of steps, for a rule that reads the training progress (:attr:`MetaOptimizer.uses_horizon`)."""
+"""The state key of the run's number of steps, for a rule that reads the training progress
+(:attr:`MetaOptimizer.uses_horizon`)."""
 
 UPDATE_RULES: dict[str, type[MetaOptimizer]] = {}
 """Every concrete :class:`MetaOptimizer` subclass defined so far, by class path: what a checkpoint may build."""

@@ -288,8 +288,8 @@ class PerParameterOptimizer(MetaOptimizer):
                          info: Info) -> Tensor:
         """Each tensor's factor on Adam's step, ``(num_tensors,)``: ``10 ** tanh(x)``, where ``x`` adds the mean of
         ``scale_outputs`` ``s (n,)`` over the tensor (``adam_scale``) and the schedule's ``w . phi(step) + c``
-        (``adam_schedule``; ``phi`` with the progress ``step / num_steps`` under ``schedule_horizon``). Records ``adam_scale`` (mean factor) and ``adam_schedule`` (the schedule's own) in
-        ``info``."""
+        (``adam_schedule``; ``phi`` with the progress ``step / num_steps`` under ``schedule_horizon``). Records
+        ``adam_scale`` (mean factor) and ``adam_schedule`` (the schedule's own) in ``info``."""
         log_scale = space.segment_mean(scale_outputs) if scale_outputs is not None else step.new_zeros(
             len(space.segment_sizes))
         if self.schedule is not None:

@@ -85,7 +85,8 @@ class TrajectoryCache:
     the runs it has instead of training them again, and reports that share a folder share their runs.
 
     A run's file is named by a hash of the rule (class, configuration and weights), the task spec (with its seed
-    and horizon), the device and the source code of this package: any change to the code computes runs afresh.
+    and horizon), the device and the source code of this package: any change to the code computes runs afresh. The
+    method's name only labels the file: the same rule run under another name reads the run it has.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -97,8 +98,9 @@ class TrajectoryCache:
         key = {"rule": _rule_digest(update_rule), "spec": spec.to_dict(), "device": str(device), "code": _code_digest()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
         path = self.folder / f"{method}-{spec.name}-{digest}.pt"
-        if path.is_file():
-            run = torch.load(path, weights_only=True)
+        cached = path if path.is_file() else next(self.folder.glob(f"*-{digest}.pt"), None)
+        if cached is not None:
+            run = torch.load(cached, weights_only=True)
             return Trajectory(spec, method, run["lr"], run["losses"], run["final"], run["diverged"], run["infos"])
         trajectory = meta_test(update_rule, spec, method=method, device=device)
         self.folder.mkdir(parents=True, exist_ok=True)

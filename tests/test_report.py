@@ -139,6 +139,19 @@ def test_cached_runs_are_not_reused_for_other_weights_or_code(tmp_path, monkeypa
     assert trained == ["ff"] * 3 and len(list(tmp_path.iterdir())) == 3
 
 
+def test_a_cached_run_is_read_under_another_method_name(tmp_path, monkeypatch):
+    trained = []
+    meta_test = evaluation.meta_test
+    monkeypatch.setattr(evaluation, "meta_test", lambda rule, spec, **kw: trained.append(kw["method"]) or meta_test(
+        rule, spec, **kw))
+    cache = evaluation.TrajectoryCache(tmp_path)
+    spec, rule = TaskSpec("quadratic", arch={"dim": 3}, horizon=5, seed=1), FFMetaOptimizer(hidden_dim=4, num_layers=1)
+    first = cache.meta_test(rule, spec, "ff")
+    renamed = cache.meta_test(rule, spec, "ff_renamed")
+    assert trained == ["ff"] and renamed.method == "ff_renamed"
+    assert renamed.losses.tolist() == first.losses.tolist() and renamed.final_loss == first.final_loss
+
+
 def test_report_rejects_test_seeds_among_validation_seeds(tmp_path, fake_cifar10):
     with pytest.raises(ConfigError, match="disjoint"):
         evaluation_report(tasks=PRESETS, seeds=[101], val_seeds=[101], data_dir=str(fake_cifar10),

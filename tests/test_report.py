@@ -94,11 +94,17 @@ def test_a_list_of_checkpoints_is_one_method_over_meta_seeds_paired_with_adam(tm
                                                                                                    "adam": "1"}
 
 
-def test_a_report_reads_the_runs_it_has_and_runs_only_a_new_checkpoint(tmp_path, fake_cifar10, monkeypatch):
-    trained = []
+@pytest.fixture
+def trained(monkeypatch) -> list[str]:
+    """The method names of the runs :func:`evaluation.meta_test` actually trains (not read from a cache)."""
+    names = []
     meta_test = evaluation.meta_test
-    monkeypatch.setattr(evaluation, "meta_test", lambda rule, spec, **kw: trained.append(kw["method"]) or meta_test(
+    monkeypatch.setattr(evaluation, "meta_test", lambda rule, spec, **kw: names.append(kw["method"]) or meta_test(
         rule, spec, **kw))
+    return names
+
+
+def test_a_report_reads_the_runs_it_has_and_runs_only_a_new_checkpoint(tmp_path, fake_cifar10, trained):
     first, second = _checkpoint(tmp_path, "ff0"), _checkpoint(tmp_path, "ff1")
 
     def report(checkpoints, out):
@@ -121,11 +127,7 @@ def test_a_report_reads_the_runs_it_has_and_runs_only_a_new_checkpoint(tmp_path,
                                                                                     (1, 102)]
 
 
-def test_cached_runs_are_not_reused_for_other_weights_or_code(tmp_path, monkeypatch):
-    trained = []
-    meta_test = evaluation.meta_test
-    monkeypatch.setattr(evaluation, "meta_test", lambda rule, spec, **kw: trained.append(kw["method"]) or meta_test(
-        rule, spec, **kw))
+def test_cached_runs_are_not_reused_for_other_weights_or_code(tmp_path, monkeypatch, trained):
     cache = evaluation.TrajectoryCache(tmp_path)
     spec, rule = TaskSpec("quadratic", arch={"dim": 3}, horizon=5, seed=1), FFMetaOptimizer(hidden_dim=4, num_layers=1)
     cache.meta_test(rule, spec, "ff")
@@ -139,11 +141,7 @@ def test_cached_runs_are_not_reused_for_other_weights_or_code(tmp_path, monkeypa
     assert trained == ["ff"] * 3 and len(list(tmp_path.iterdir())) == 3
 
 
-def test_a_cached_run_is_read_under_another_method_name(tmp_path, monkeypatch):
-    trained = []
-    meta_test = evaluation.meta_test
-    monkeypatch.setattr(evaluation, "meta_test", lambda rule, spec, **kw: trained.append(kw["method"]) or meta_test(
-        rule, spec, **kw))
+def test_a_cached_run_is_read_under_another_method_name(tmp_path, trained):
     cache = evaluation.TrajectoryCache(tmp_path)
     spec, rule = TaskSpec("quadratic", arch={"dim": 3}, horizon=5, seed=1), FFMetaOptimizer(hidden_dim=4, num_layers=1)
     first = cache.meta_test(rule, spec, "ff")

@@ -1,0 +1,128 @@
+"""What every GNN meta-optimizer on neural graphs shares: the graph's input embeddings and the per-parameter
+read-out of its edge and node embeddings."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+from torch import Tensor, nn
+from torch_geometric.nn.dense.linear import Linear
+
+from lightning_l2o.errors import ConfigError
+from lightning_l2o.graphs import NeuralGraph
+from lightning_l2o.meta_optimizers.base import State, check_positive
+from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures
+from lightning_l2o.meta_optimizers.ff import PerParameterMLP
+from lightning_l2o.meta_optimizers.gnn.layers import LayerPositionEmbedding
+from lightning_l2o.meta_optimizers.linear import linear
+from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
+from lightning_l2o.params import ParamSpace
+
+
+def readout(channels: int) -> nn.Sequential:
+    """The two-layer MLP that turns a GNN's final edge or node embeddings into the read-out's inputs."""
+    return nn.Sequential(Linear(channels, channels), nn.ReLU(), Linear(channels, channels))
+
+
+class GraphNetwork(nn.Module):
+    """Base of the GNNs over a neural graph: the input embeddings of its edges and nodes.
+
+    Each edge's padded kernel features ``(K*K*F)`` go to a forward-edge and a reverse-edge embedding in one product
+    (``edge_in``; for PNA the projection of ``[E, E^T, E + E^T]``, which for a forward edge is ``[e, 0, e]`` and for
+    its reverse ``[0, e, e]``); bias features ``(F)`` go to node embeddings (``node_in``), plus the layer position
+    embeddings. A subclass adds its layers and read-outs and implements ``forward`` with :meth:`embed_inputs`.
+
+    Shapes:
+        - :meth:`embed_inputs`: per-parameter features ``(n, F)``, a graph with ``E`` forward edges and ``N`` nodes
+          -> edge embeddings ``(E, 2 C)`` (forward, then reverse, along the last dimension), node embeddings ``(N, C)``
+        - ``forward``: the same inputs -> forward-edge embeddings ``(E, C)``, node embeddings ``(N, C)``
+    """
+
+    def __init__(self, in_features: int, channels: int, kernel_size: int, max_inputs: int, max_hidden_layers: int,
+                 max_outputs: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.edge_in = Linear(kernel_size**2 * in_features, 2 * channels)
+        self.node_in = Linear(in_features, channels)
+        self.positions = LayerPositionEmbedding(channels, max_inputs, max_hidden_layers, max_outputs)
+
+    def reset_parameters(self) -> None:
+        for module in (self.edge_in, self.node_in, self.positions):
+            module.reset_parameters()
+
+    def embed_inputs(self, features: Tensor, graph: NeuralGraph) -> tuple[Tensor, Tensor]:
+        if graph.kernel_size != self.kernel_size:
+            raise ConfigError(f"the neural graph pads kernels to {graph.kernel_size}x{graph.kernel_size} but this GNN "
+                              f"reads {self.kernel_size}x{self.kernel_size}; build the graph with "
+                              f"kernel_size={self.kernel_size}")
+        edge_features, node_features = graph.to_graph(features)
+        edge_in = linear(edge_features, self.edge_in.weight, self.edge_in.bias)
+        return edge_in, self.node_in(node_features) + self.positions(graph)
+
+
+def reset_readout(readout_mlp: nn.Sequential) -> None:
+    for layer in readout_mlp:
+        if isinstance(layer, Linear):
+            layer.reset_parameters()
+
+
+class GraphMetaOptimizer(PerParameterOptimizer):
+    """Base of the GNN rules: a :class:`GraphNetwork` (``self.network``) on the optimizee's neural graph; each
+    parameter's update from its edge's (weights) or node's (biases) embedding.
+
+    The embedding is concatenated with the parameter's own features and a per-parameter MLP (``self.head``,
+    ``head_layers`` hidden layers of ``hidden_dim``) gives ``(a, b)`` and the further outputs of
+    :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`. The GNN runs on the whole graph,
+    the read-out in chunks. A subclass passes its constructor arguments here and implements :meth:`build_network`.
+
+    Args:
+        head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
+        kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
+        max_inputs, max_hidden_layers, max_outputs: size of the position-embedding table.
+        options: the arguments of :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`
+            and the subclass's own, recorded for checkpoints.
+    """
+
+    def __init__(self, head_layers: int | None, kernel_size: int, max_inputs: int, max_hidden_layers: int,
+                 max_outputs: int, **options: Any) -> None:
+        head_layers = options["num_layers"] if head_layers is None else head_layers
+        check_positive(type(self).__name__, head_layers=head_layers, kernel_size=kernel_size, max_inputs=max_inputs,
+                       max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
+        super().__init__(**options, head_layers=head_layers, kernel_size=kernel_size, max_inputs=max_inputs,
+                         max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
+        num_features, hidden_dim = self.features.num_features, options["hidden_dim"]
+        self.network = self.build_network(num_features)
+        self.head = PerParameterMLP(hidden_dim + num_features, hidden_dim, head_layers, self.num_outputs)
+        self.reset_parameters()
+
+    @abstractmethod
+    def build_network(self, in_features: int) -> GraphNetwork:
+        """The GNN, from :attr:`config` and the number of per-parameter features."""
+
+    def reset_parameters(self) -> None:
+        """The GNN's own init, and PyTorch's default for the read-out but He init for its hidden layers: with the
+        default, 8 ReLU layers shrink the input's signal ~10^4-fold and every parameter gets nearly the same
+        update. The read-out's output layer is then scaled as ``output_scale`` / ``adam_lr`` ask."""
+        self.network.reset_parameters()
+        self.head.reset_parameters()
+        for layer in self.head.net[:-1]:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+        self.init_output_layer()
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.head.output_layer
+
+    def network_context(self, features: ChunkFeatures, space: ParamSpace) -> tuple[Tensor, Tensor]:
+        """The GNN on the whole graph: each owner's (edge's or bias node's) embedding through the read-out's first
+        layer, ``(R, hidden)``, and the owner of each coordinate, ``(n,)``."""
+        graph = space.require_graph(type(self).__name__)
+        edge_embeddings, node_embeddings = self.network(features(ALL), graph)
+        return self.head.project_shared(graph.owner_table(edge_embeddings, node_embeddings)), graph.param_owner
+
+    def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
+        projected, owner = context
+        return self.head.forward_projected(projected[owner[rows]], features), {}

@@ -14,6 +14,7 @@ from lightning_l2o.meta_optimizers import (
     MetaOptimizer,
     Opt2Vec,
     PNAMetaOptimizer,
+    RelationalTransformerMetaOptimizer,
     SGDMomentum,
 )
 from lightning_l2o.module import L2OModule
@@ -21,6 +22,7 @@ from lightning_l2o.optim import LearnedOptimizer, Opt2VecOptimizer, load_learned
 from lightning_l2o.pretrained import list_pretrained, load_pretrained, pretrained_card
 
 __all__ = [
-    "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "PNAMetaOptimizer", "SGDMomentum",
+    "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "PNAMetaOptimizer",
+    "RelationalTransformerMetaOptimizer", "SGDMomentum",
     "list_pretrained", "load_learned_optimizer", "load_meta_optimizer", "load_pretrained", "pretrained_card",
 ]

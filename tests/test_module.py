@@ -5,7 +5,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lightning_l2o import FFMetaOptimizer, L2OModule, LSTMMetaOptimizer, Opt2Vec, PNAMetaOptimizer
+from lightning_l2o import (
+    FFMetaOptimizer,
+    L2OModule,
+    LSTMMetaOptimizer,
+    Opt2Vec,
+    PNAMetaOptimizer,
+    RelationalTransformerMetaOptimizer,
+)
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import PersistentES, TruncatedBackprop
 from lightning_l2o.evaluation import meta_test
@@ -154,8 +161,9 @@ def test_incompatible_checkpoint_is_refused_clearly():
 
 @pytest.mark.parametrize("rule", [Opt2Vec, lambda: FFMetaOptimizer(hidden_dim=8, num_layers=1),
                                   lambda: LSTMMetaOptimizer(hidden_dim=8),
-                                  lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2)],
-                         ids=["opt2vec", "ff", "lstm", "pna"])
+                                  lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2),
+                                  lambda: RelationalTransformerMetaOptimizer(hidden_dim=8, num_layers=1, heads=2)],
+                         ids=["opt2vec", "ff", "lstm", "pna", "rt"])
 def test_every_learned_rule_meta_trains_with_persistent_es(tmp_path, rule):
     module = L2OModule(rule(), PersistentES(num_pairs=2), outer_lr=1e-2)
     start = [p.detach().clone() for p in module.meta_optimizer.parameters()]

@@ -14,6 +14,7 @@ from lightning_l2o import (
     Opt2Vec,
     Opt2VecOptimizer,
     PNAMetaOptimizer,
+    RelationalTransformerMetaOptimizer,
     load_learned_optimizer,
 )
 from lightning_l2o.errors import ConfigError
@@ -178,6 +179,7 @@ LEARNED_RULES = {
     "ff": lambda: FFMetaOptimizer(hidden_dim=8, num_layers=1),
     "lstm": lambda: LSTMMetaOptimizer(hidden_dim=8),
     "pna": lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2),
+    "rt": lambda: RelationalTransformerMetaOptimizer(hidden_dim=8, num_layers=1, heads=2),
 }
 SCHEDULERS = {
     "warm-up from 0": lambda opt: lr_scheduler.LambdaLR(opt, lambda step: min(step / 4, 1.0)),
@@ -257,7 +259,7 @@ def _train(optimizer: LearnedOptimizer, model: nn.Module, steps: int = 5) -> lis
     return [p.detach() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("rule", ["ff", "lstm", "pna"])
+@pytest.mark.parametrize("rule", ["ff", "lstm", "pna", "rt"])
 def test_a_chunked_rule_deploys_like_the_unchunked_one(rule):
     """A 97-parameter model, one chunk against chunks of 16 (the LSTM's state carried per chunk)."""
     whole = trained_looking(LEARNED_RULES[rule]())

@@ -61,9 +61,10 @@ class GraphNetwork(nn.Module):
         return edge_in, self.node_in(node_features) + self.positions(graph)
 
 
-def reset_readout(readout_mlp: nn.Sequential) -> None:
-    for layer in readout_mlp:
-        if isinstance(layer, Linear):
+def reset_sequential(layers: nn.Sequential) -> None:
+    """Reset every layer of ``layers`` that has parameters (``nn.Sequential`` itself has no ``reset_parameters``)."""
+    for layer in layers:
+        if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
 
 

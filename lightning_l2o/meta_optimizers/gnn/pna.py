@@ -11,7 +11,7 @@ from torch_geometric.nn.resolver import activation_resolver, normalization_resol
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
-from lightning_l2o.meta_optimizers.gnn.base import GraphMetaOptimizer, GraphNetwork, readout, reset_readout
+from lightning_l2o.meta_optimizers.gnn.base import GraphMetaOptimizer, GraphNetwork, readout, reset_sequential
 from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, compose
 from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE
@@ -58,8 +58,8 @@ class PNANetwork(GraphNetwork):
         super().reset_parameters()
         for module in (*self.convs, *self.norms, *self.edge_updates):
             module.reset_parameters()
-        reset_readout(self.edge_out)
-        reset_readout(self.node_out)
+        reset_sequential(self.edge_out)
+        reset_sequential(self.node_out)
 
     def forward(self, features: Tensor, graph: NeuralGraph) -> tuple[Tensor, Tensor]:
         edge_in, x = self.embed_inputs(features, graph)

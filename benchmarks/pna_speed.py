@@ -1,13 +1,14 @@
 """PNA against FF: meta-training inner step, peak memory, deployed step and achieved GFLOP/s (one CPU thread).
 
     L2O_DATA_DIR=../shared/data python benchmarks/pna_speed.py
+    L2O_DATA_DIR=../shared/data python benchmarks/pna_speed.py --inner-steps-of ff pna rt   # sections 1-2 only
 
 1. Meta-training inner step (the reference's one-step lookahead on the same batch, parameters detached after
    the step: the optimizee's forward and backward, the rule's forward, the lookahead loss and the backward
    through the rule) on task 17 and on ``fashion_mnist-width128``; FF, PNA, PNA with its message passing in
    PyTorch's eager mode (without the compiled kernels of ``gnn/message_passing.py``: what they buy) and PNA with a
-   2-layer read-out (``head_layers=2``, not the reference's 8: what a shallower read-out buys) interleaved in one
-   process, min / median over repeats. The process keeps freed memory for reuse, as ``fit`` does
+   2-layer read-out (``head_layers=2``, not the reference's 8: what a shallower read-out buys), and the relational
+   transformer (``rt``, its reference size) interleaved in one process, min / median over repeats. The process keeps freed memory for reuse, as ``fit`` does
    (:func:`lightning_l2o.allocator.keep_freed_memory`).
 2. Peak memory of those inner steps: each (rule, task) in a fresh subprocess, the peak RSS during the steps
    (``VmHWM``, reset through ``/proc/self/clear_refs`` once imports, the task and the rule are built) minus the
@@ -19,7 +20,8 @@
 5. One ``FiLMPNAConv`` layer's forward and backward on task 17's graph: through the compiled kernel (as PNA runs
    it), in eager mode with max / min aggregated by segment over the target-sorted edges, and in eager mode by
    torch_geometric's ``scatter`` (no ``target_ptr``).
-Writes ``benchmarks/results/pna_speed.md``.
+Writes ``benchmarks/results/pna_speed.md``; with ``--inner-steps-of RULE ...``, sections 1 and 2 for those rules
+only, to ``benchmarks/results/pna_speed_inner_steps.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from linear_kernels import interleaved, matmul_gflops
 from results_table import min_median_ms, save_report
 
-from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer
+from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer, RelationalTransformerMetaOptimizer
 from lightning_l2o.allocator import keep_freed_memory
 from lightning_l2o.compiled_kernels import fused_kernels
 from lightning_l2o.meta_optimizers.linear import onednn
@@ -55,10 +57,10 @@ from lightning_l2o.unroll import InnerState, unroll
 
 EAGER_PNA = "pna, eager message passing"
 RULES = {"ff": FFMetaOptimizer, "pna": PNAMetaOptimizer, EAGER_PNA: PNAMetaOptimizer,
-         "pna, head_layers=2": functools.partial(PNAMetaOptimizer, head_layers=2)}
+         "pna, head_layers=2": functools.partial(PNAMetaOptimizer, head_layers=2), "rt": RelationalTransformerMetaOptimizer}
 """FF, PNA in the reference setting (a read-out of 8 hidden layers per parameter), the same PNA with the compiled
-kernels off (:data:`EAGER_PNA`) and, for the trade-off, PNA with a 2-layer read-out, which departs from the
-reference."""
+kernels off (:data:`EAGER_PNA`), for the trade-off PNA with a 2-layer read-out, which departs from the reference,
+and the relational transformer in its reference setting."""
 
 
 def kernels_for(name: str) -> AbstractContextManager[None]:
@@ -191,6 +193,8 @@ def main() -> None:
     parser.add_argument("--wide-repeats", type=int, default=3)
     parser.add_argument("--deploy-repeats", type=int, default=2, help="PNA's step on the 1.07M MLP takes minutes")
     parser.add_argument("--memory-child", nargs=3, metavar=("RULE", "PRESET", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--inner-steps-of", nargs="+", choices=list(RULES), metavar="RULE",
+                        help=f"only the inner-step and memory tables, for these rules ({', '.join(RULES)}; ff first)")
     args = parser.parse_args()
     os.environ.setdefault("L2O_DATA_DIR", str(REPO.parent / "shared" / "data"))
     keep_freed_memory()  # as `python -m lightning_l2o fit` does
@@ -201,14 +205,20 @@ def main() -> None:
         return peak_memory_child(name, preset, int(steps))
     lines = [f"torch {torch.__version__}, 1 CPU thread; times in ms as min / median", "",
              "| meta-training inner step | rule | ms | × FF (median) | added peak RSS (MiB) |", "|---|---|---|---|---|"]
+    names = tuple(args.inner_steps_of or RULES)
+    if names[0] != "ff":
+        parser.error("--inner-steps-of: put ff first, the rule the others are timed against")
     for preset in TASKS:
-        times, _ = inner_step_times(preset, args.repeats if preset == "17" else args.wide_repeats)
+        times, _ = inner_step_times(preset, args.repeats if preset == "17" else args.wide_repeats, names)
         ff = statistics.median(times["ff"])
         for name, t in times.items():
             memory = peak_memory(name, preset, 3)
             lines.append(f"| {preset} | {name} | {min_median_ms(t)} | {statistics.median(t) / ff:.2f} | "
                          f"{memory['added_mib']:.0f} |")
             print(lines[-1], flush=True)
+    if args.inner_steps_of:
+        save_report(lines, "pna_speed_inner_steps.md")
+        return
     n, times = deployed_step_times(args.deploy_repeats)
     adam = statistics.median(times["torch.optim.Adam"])
     lines += ["", f"| deployed step, MLP with {n:,} parameters | ms | × Adam (median) |", "|---|---|---|"]

@@ -162,8 +162,9 @@ def test_incompatible_checkpoint_is_refused_clearly():
 @pytest.mark.parametrize("rule", [Opt2Vec, lambda: FFMetaOptimizer(hidden_dim=8, num_layers=1),
                                   lambda: LSTMMetaOptimizer(hidden_dim=8),
                                   lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2),
+                                  lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2, recurrent=True),
                                   lambda: RelationalTransformerMetaOptimizer(hidden_dim=8, num_layers=1, heads=2)],
-                         ids=["opt2vec", "ff", "lstm", "pna", "rt"])
+                         ids=["opt2vec", "ff", "lstm", "pna", "pna_lstm", "rt"])
 def test_every_learned_rule_meta_trains_with_persistent_es(tmp_path, rule):
     module = L2OModule(rule(), PersistentES(num_pairs=2), outer_lr=1e-2)
     start = [p.detach().clone() for p in module.meta_optimizer.parameters()]

@@ -179,6 +179,7 @@ LEARNED_RULES = {
     "ff": lambda: FFMetaOptimizer(hidden_dim=8, num_layers=1),
     "lstm": lambda: LSTMMetaOptimizer(hidden_dim=8),
     "pna": lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2),
+    "pna_lstm": lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2, recurrent=True),
     "rt": lambda: RelationalTransformerMetaOptimizer(hidden_dim=8, num_layers=1, heads=2),
 }
 SCHEDULERS = {
@@ -259,7 +260,7 @@ def _train(optimizer: LearnedOptimizer, model: nn.Module, steps: int = 5) -> lis
     return [p.detach() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("rule", ["ff", "lstm", "pna", "rt"])
+@pytest.mark.parametrize("rule", ["ff", "lstm", "pna", "pna_lstm", "rt"])
 def test_a_chunked_rule_deploys_like_the_unchunked_one(rule):
     """A 97-parameter model, one chunk against chunks of 16 (the LSTM's state carried per chunk)."""
     whole = trained_looking(LEARNED_RULES[rule]())

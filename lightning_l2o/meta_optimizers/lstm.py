@@ -115,13 +115,14 @@ class LSTMMetaOptimizer(PerParameterOptimizer):
     def name(self) -> str:
         return "lstm"
 
-    def init_network_state(self, params: Tensor) -> State:
+    def init_network_state(self, params: Tensor, space: ParamSpace) -> State:
         h, c = self.network.initial_state(len(params), params)
         return {"lstm_h": h, "lstm_c": c}
 
-    def network_context(self, features: ChunkFeatures, space: ParamSpace) -> list[tuple[Tensor, Tensor]]:
+    def network_context(self, features: ChunkFeatures, space: ParamSpace, state: State,
+                        ) -> tuple[list[tuple[Tensor, Tensor]], State]:
         """The cells' gate weights, built once per step for all chunks."""
-        return self.network.gate_weights()
+        return self.network.gate_weights(), {}
 
     def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
         outputs, h, c = self.network(features, state["lstm_h"], state["lstm_c"], context)

@@ -213,16 +213,18 @@ class PerParameterOptimizer(MetaOptimizer):
         adam_state = {} if self.adam is None else _prefixed(self.adam.init_state(params, space))
         if self.adam_fast_beta2 is not None:
             adam_state[ADAM_STATE_PREFIX + FAST_SECOND_MOMENT] = params.new_zeros(params.shape)
-        return {**self.features.init_state(params, space), **self.init_network_state(params), **adam_state}
+        return {**self.features.init_state(params, space), **self.init_network_state(params, space), **adam_state}
 
-    def init_network_state(self, params: Tensor) -> State:
-        """The network's own per-parameter state (none for a feed-forward network)."""
+    def init_network_state(self, params: Tensor, space: ParamSpace) -> State:
+        """The network's own state: per coordinate (:attr:`network_state_dims`) and of its whole-vector part
+        (:meth:`network_context`'s; e.g. a recurrent GNN's per node); none for a feed-forward network."""
         return {}
 
-    def network_context(self, features: ChunkFeatures, space: ParamSpace) -> Any:
+    def network_context(self, features: ChunkFeatures, space: ParamSpace, state: State) -> tuple[Any, State]:
         """Whole-vector work that every chunk's :meth:`network_chunk` reads (PNA: its GNN over the whole graph,
-        from ``features(ALL)``, ``(n, F)``); none by default."""
-        return None
+        from ``features(ALL)``, ``(n, F)``), and the new state of that work, read from the rule's ``state`` (a
+        recurrent GNN's per-node memory); none by default."""
+        return None, {}
 
     @abstractmethod
     def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
@@ -232,13 +234,14 @@ class PerParameterOptimizer(MetaOptimizer):
     def network_step(self, features: Tensor, state: State, space: ParamSpace) -> tuple[Tensor, State]:
         """The network on every coordinate in one chunk: ``features (n, F)`` -> outputs ``(n, num_outputs)`` and its new
         state."""
-        context = self.network_context(lambda rows: features[rows], space)
-        return self._run_network(features, self._network_state(state, ALL), ALL, context)
+        context, context_state = self.network_context(lambda rows: features[rows], space, state)
+        outputs, network_state = self._run_network(features, self._network_state(state, ALL), ALL, context)
+        return outputs, {**network_state, **context_state}
 
     def forward(self, params: Tensor, grads: Tensor, loss: Tensor, state: State, space: ParamSpace,
                 lr: float | Tensor):
         features, feature_state = self.features.prepare(params, grads, state, space)
-        context = self.network_context(features, space)
+        context, context_state = self.network_context(features, space, state)
         deltas, adam_outputs, network_states = [], [], []
         for rows in self._chunks(len(params)):
             outputs, network_state = self._run_network(features(rows), self._network_state(state, rows), rows, context)
@@ -247,7 +250,7 @@ class PerParameterOptimizer(MetaOptimizer):
             network_states.append(network_state)
         delta = torch.cat(deltas)
         network_state = {key: torch.cat([chunk[key] for chunk in network_states], dim)
-                         for key, dim in self.network_state_dims.items()}
+                         for key, dim in self.network_state_dims.items()} | context_state
         if self.adam is None:
             info: Info = {"update_rms": _rms(delta)}
             return delta.add_(params), {**feature_state, **network_state}, info  # params + delta in delta's memory

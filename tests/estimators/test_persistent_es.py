@@ -7,7 +7,7 @@ import torch
 
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import GradientEstimator, PersistentES, TruncatedBackprop
-from lightning_l2o.meta_optimizers import FFMetaOptimizer
+from lightning_l2o.meta_optimizers import FFMetaOptimizer, PNAMetaOptimizer
 from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, unroll
 
@@ -61,10 +61,14 @@ def test_particles_persist_within_a_task_and_restart_with_a_new_one():
     assert other.state.step == 4  # a new optimizee: the particles started over from it
 
 
-@pytest.mark.parametrize("options", [{}, {"features": "adam", "adam_lr": 1e-2, "adam_schedule": True,
-                                          "schedule_horizon": True}], ids=["ff", "ff_with_a_horizon_schedule"])
-def test_the_estimator_state_round_trips_exactly(options):
-    rule = FFMetaOptimizer(hidden_dim=4, num_layers=1, **options)
+@pytest.mark.parametrize("make_rule", [
+    pytest.param(lambda: FFMetaOptimizer(hidden_dim=4, num_layers=1), id="ff"),
+    pytest.param(lambda: FFMetaOptimizer(hidden_dim=4, num_layers=1, features="adam", adam_lr=1e-2, adam_schedule=True,
+                                         schedule_horizon=True), id="ff_with_a_horizon_schedule"),
+    pytest.param(lambda: PNAMetaOptimizer(hidden_dim=4, num_layers=2, recurrent=True), id="pna_lstm_with_memory"),
+])
+def test_the_estimator_state_round_trips_exactly(make_rule):
+    rule = make_rule()
     spec = TaskSpec("regression", arch={"inputs": 3}, batch_size=8, horizon=12, seed=1)
     estimator = PersistentES(num_pairs=2)
     state = estimator.estimate(rule, InnerState.start(spec, rule), 4, lambda loss: None).state

@@ -19,6 +19,9 @@ from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.params import ParamSpace
 
+MEMORY_KEYS = ("gnn_h", "gnn_c")
+"""A recurrent GNN's per-node memory in the rule's state, each ``(memory_layers, N, hidden_dim)``."""
+
 
 def readout(channels: int) -> nn.Sequential:
     """The two-layer MLP that turns a GNN's final edge or node embeddings into the read-out's inputs."""
@@ -31,13 +34,19 @@ class GraphNetwork(nn.Module):
     Each edge's padded kernel features ``(K*K*F)`` go to a forward-edge and a reverse-edge embedding in one product
     (``edge_in``; for PNA the projection of ``[E, E^T, E + E^T]``, which for a forward edge is ``[e, 0, e]`` and for
     its reverse ``[0, e, e]``); bias features ``(F)`` go to node embeddings (``node_in``), plus the layer position
-    embeddings. A subclass adds its layers and read-outs and implements ``forward`` with :meth:`embed_inputs`.
+    embeddings. A subclass adds its layers and read-outs and implements ``forward(features, graph, memory=None)``
+    with :meth:`embed_inputs`; a recurrent one sets :attr:`memory_layers` and carries a per-node memory from step
+    to step: ``memory`` in, the new memory out (``None`` for a network without one).
 
     Shapes:
         - :meth:`embed_inputs`: per-parameter features ``(n, F)``, a graph with ``E`` forward edges and ``N`` nodes
           -> edge embeddings ``(E, 2 C)`` (forward, then reverse, along the last dimension), node embeddings ``(N, C)``
-        - ``forward``: the same inputs -> forward-edge embeddings ``(E, C)``, node embeddings ``(N, C)``
+        - ``forward``: the same inputs and ``memory``, ``h, c (memory_layers, N, C)`` or ``None`` -> forward-edge
+          embeddings ``(E, C)``, node embeddings ``(N, C)``, the new memory or ``None``
     """
+
+    memory_layers: int = 0
+    """Layers of per-node memory ``h, c`` a recurrent network carries over steps (0: none)."""
 
     def __init__(self, in_features: int, channels: int, kernel_size: int, max_inputs: int, max_hidden_layers: int,
                  max_outputs: int) -> None:
@@ -76,6 +85,7 @@ class GraphMetaOptimizer(PerParameterOptimizer):
     ``head_layers`` hidden layers of ``hidden_dim``) gives ``(a, b)`` and the further outputs of
     :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`. The GNN runs on the whole graph,
     the read-out in chunks. A subclass passes its constructor arguments here and implements :meth:`build_network`.
+    A recurrent network's per-node memory lives in the state (:data:`MEMORY_KEYS`), started at zeros.
 
     Args:
         head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
@@ -117,12 +127,23 @@ class GraphMetaOptimizer(PerParameterOptimizer):
     def output_layer(self) -> nn.Linear:
         return self.head.output_layer
 
-    def network_context(self, features: ChunkFeatures, space: ParamSpace) -> tuple[Tensor, Tensor]:
-        """The GNN on the whole graph: each owner's (edge's or bias node's) embedding through the read-out's first
-        layer, ``(R, hidden)``, and the owner of each coordinate, ``(n,)``."""
+    def init_network_state(self, params: Tensor, space: ParamSpace) -> State:
+        """Zeros for a recurrent network's per-node memory; nothing for the others."""
+        if not self.network.memory_layers:
+            return {}
         graph = space.require_graph(type(self).__name__)
-        edge_embeddings, node_embeddings = self.network(features(ALL), graph)
-        return self.head.project_shared(graph.owner_table(edge_embeddings, node_embeddings)), graph.param_owner
+        zeros = params.new_zeros(self.network.memory_layers, graph.num_nodes, self.config["hidden_dim"])
+        return {MEMORY_KEYS[0]: zeros, MEMORY_KEYS[1]: zeros.clone()}
+
+    def network_context(self, features: ChunkFeatures, space: ParamSpace, state: State,
+                        ) -> tuple[tuple[Tensor, Tensor], State]:
+        """The GNN on the whole graph: each owner's (edge's or bias node's) embedding through the read-out's first
+        layer, ``(R, hidden)``, and the owner of each coordinate, ``(n,)``; and a recurrent GNN's new memory."""
+        graph = space.require_graph(type(self).__name__)
+        memory = tuple(state[key] for key in MEMORY_KEYS) if self.network.memory_layers else None
+        edge_embeddings, node_embeddings, memory = self.network(features(ALL), graph, memory)
+        context = self.head.project_shared(graph.owner_table(edge_embeddings, node_embeddings)), graph.param_owner
+        return context, {} if memory is None else dict(zip(MEMORY_KEYS, memory, strict=True))
 
     def network_chunk(self, features: Tensor, state: State, rows: slice, context: Any) -> tuple[Tensor, State]:
         projected, owner = context

@@ -34,17 +34,22 @@ class PNANetwork(GraphNetwork):
     edges: PNA's projection of ``[E, E^T, E + E^T]`` folded into one product), then ``num_layers``
     :class:`FiLMPNAConv` layers, each but the last followed by a node-wise layer norm, SiLU and an
     :class:`EdgeUpdate` (whose output projection is folded into the next layer's edge products and the edge
-    read-out); read-out MLPs on edges and nodes.
+    read-out); read-out MLPs on edges and nodes. ``recurrent``: PNA-LSTM, each layer's node embeddings first go
+    through an ``nn.LSTMCell`` per node whose ``h, c`` carry over from the previous step (the memory), and the layer
+    reads its ``h``.
 
     Shapes:
         - input: per-parameter features ``(n, F)``, a :class:`~lightning_l2o.graphs.NeuralGraph` with ``E``
-          (forward) edges and ``N`` nodes
-        - output: forward-edge embeddings ``(E, C)``, node embeddings ``(N, C)``
+          (forward) edges and ``N`` nodes; with ``recurrent``, the memory ``h, c (num_layers, N, C)`` (``None``:
+          zeros)
+        - output: forward-edge embeddings ``(E, C)``, node embeddings ``(N, C)``, the new memory (``None`` unless
+          ``recurrent``)
     """
 
     def __init__(
         self, in_features: int, channels: int, num_layers: int, aggregators: Sequence[str], scalers: Sequence[str],
         deg: Tensor, kernel_size: int, max_inputs: int, max_hidden_layers: int, max_outputs: int,
+        recurrent: bool = False,
     ) -> None:
         super().__init__(in_features, channels, kernel_size, max_inputs, max_hidden_layers, max_outputs)
         self.convs = nn.ModuleList(FiLMPNAConv(channels, aggregators, scalers, deg) for _ in range(num_layers))
@@ -53,28 +58,38 @@ class PNANetwork(GraphNetwork):
         self.edge_updates = nn.ModuleList(EdgeUpdate(channels) for _ in range(num_layers - 1))
         self.act = activation_resolver("silu")
         self.edge_out, self.node_out = readout(channels), readout(channels)
+        self.cells = nn.ModuleList(nn.LSTMCell(channels, channels) for _ in range(num_layers)) if recurrent else None
+        self.memory_layers = num_layers if recurrent else 0
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        for module in (*self.convs, *self.norms, *self.edge_updates):
+        for module in (*self.convs, *self.norms, *self.edge_updates, *(self.cells or ())):
             module.reset_parameters()
         reset_sequential(self.edge_out)
         reset_sequential(self.node_out)
 
-    def forward(self, features: Tensor, graph: NeuralGraph) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, graph: NeuralGraph, memory: tuple[Tensor, Tensor] | None = None,
+                ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         edge_in, x = self.embed_inputs(features, graph)
         edge_attr = torch.cat(edge_in.chunk(2, dim=-1))[graph.bidirectional_order]
         edge_index, target_ptr = graph.bidirectional_edge_index, graph.bidirectional_ptr
         edge_projection: Linear | None = None  # the edge embeddings are edge_projection(edge_attr)
         last = len(self.convs) - 1
+        if self.cells is not None and memory is None:
+            memory = (x.new_zeros(len(self.cells), *x.shape), x.new_zeros(len(self.cells), *x.shape))
+        hs, cs = [], []
         for i, conv in enumerate(self.convs):
+            if self.cells is not None:
+                x, c = self.cells[i](x, (memory[0][i], memory[1][i]))
+                hs.append(x)
+                cs.append(c)
             x = conv(x, edge_index, edge_attr, edge_projection, target_ptr)
             if i < last:
                 x = self.act(self.norms[i](x))
                 edge_attr = self.edge_updates[i](x, edge_index, edge_attr, edge_projection)
                 edge_projection = self.edge_updates[i].lin_out
         first = linear(edge_attr[graph.forward_edge_rows], *compose(self.edge_out[0], edge_projection))
-        return self.edge_out[1:](first), self.node_out(x)
+        return self.edge_out[1:](first), self.node_out(x), (torch.stack(hs), torch.stack(cs)) if hs else None
 
 
 class PNAMetaOptimizer(GraphMetaOptimizer):
@@ -82,7 +97,9 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
 
     The embedding of a weight's edge (a bias's node) is concatenated with the parameter's own features and a
     per-parameter MLP gives ``(a, b)``; ``delta = lr a exp(exp_scale b)`` as in FF. Reference setting
-    (``pna_noscale``): ``hidden_dim=64, num_layers=8``, the read-out MLP as deep as the GNN.
+    (``pna_noscale``): ``hidden_dim=64, num_layers=8``, the read-out MLP as deep as the GNN. With ``recurrent``, the
+    recurrent PNA-LSTM: every layer's nodes keep an LSTM memory over the optimization steps (in the state, under
+    ``gnn_h`` and ``gnn_c``, ``(num_layers, N, hidden_dim)``).
 
     Args:
         features: per-parameter feature set (``kofinas``: 14 features; or ``metz``, ``adam``).
@@ -98,6 +115,7 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
         degree_layout: layer widths of the graph whose degree histogram normalises the scalers (task 17).
         kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
         max_inputs, max_hidden_layers, max_outputs: size of the position-embedding table.
+        recurrent: an ``nn.LSTMCell`` per layer on the nodes, its ``h, c`` carried from step to step (PNA-LSTM).
     """
 
     def __init__(
@@ -109,7 +127,7 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
         schedule_horizon: bool = False, aggregators: Sequence[str] = ("mean", "min", "max", "std"),
         scalers: Sequence[str] = ("identity", "amplification"), degree_layout: Sequence[int] = TASK_17_LAYOUT,
         kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024, max_hidden_layers: int = 32,
-        max_outputs: int = 1024,
+        max_outputs: int = 1024, recurrent: bool = False,
     ) -> None:
         if len(degree_layout) < 2 or min(degree_layout) < 1:
             raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got {degree_layout}")
@@ -119,14 +137,15 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
                          chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale,
                          adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, shape_features=shape_features,
                          adam_schedule=adam_schedule, schedule_horizon=schedule_horizon, aggregators=list(aggregators),
-                         scalers=list(scalers), degree_layout=list(degree_layout))
+                         scalers=list(scalers), degree_layout=list(degree_layout), recurrent=recurrent)
 
     def build_network(self, in_features: int) -> PNANetwork:
         config = self.config
         return PNANetwork(in_features, config["hidden_dim"], config["num_layers"], config["aggregators"],
                           config["scalers"], degree_histogram(config["degree_layout"]), config["kernel_size"],
-                          config["max_inputs"], config["max_hidden_layers"], config["max_outputs"])
+                          config["max_inputs"], config["max_hidden_layers"], config["max_outputs"],
+                          config["recurrent"])
 
     @property
     def name(self) -> str:
-        return "pna"
+        return "pna_lstm" if self.config["recurrent"] else "pna"

@@ -125,7 +125,7 @@ class RelationalTransformerNetwork(GraphNetwork):
     Shapes:
         - input: per-parameter features ``(n, F)``, a :class:`~lightning_l2o.graphs.NeuralGraph` with ``E``
           (forward) edges and ``N`` nodes
-        - output: forward-edge embeddings ``(E, C)``, node embeddings ``(N, C)``
+        - output: forward-edge embeddings ``(E, C)``, node embeddings ``(N, C)`` (and no memory: ``None``)
     """
 
     def __init__(self, in_features: int, channels: int, num_layers: int, heads: int, kernel_size: int,
@@ -141,7 +141,7 @@ class RelationalTransformerNetwork(GraphNetwork):
         reset_sequential(self.edge_out)
         reset_sequential(self.node_out)
 
-    def forward(self, features: Tensor, graph: NeuralGraph) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, graph: NeuralGraph, memory: None = None) -> tuple[Tensor, Tensor, None]:
         edge_in, x = self.embed_inputs(features, graph)
         n, channels = x.shape
         source, target = graph.edge_index
@@ -149,7 +149,7 @@ class RelationalTransformerNetwork(GraphNetwork):
         e = x.new_zeros(n * n, channels).index_copy(0, cells, torch.cat(edge_in.chunk(2, dim=-1))).view(n, n, channels)
         for layer in self.layers:
             x, e = layer(x, e)
-        return self.edge_out(e[source, target]), self.node_out(x)
+        return self.edge_out(e[source, target]), self.node_out(x), None
 
 
 class RelationalTransformerMetaOptimizer(GraphMetaOptimizer):

@@ -52,12 +52,14 @@ NETWORK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class PerParameterOptimizer(MetaOptimizer):
-    """Base of FF, LSTM and PNA: features -> network -> ``(a, b)`` -> ``theta + lr a exp(exp_scale b)``, in chunks.
+    """Base of FF, LSTM and the GNN rules: features -> network -> ``(a, b)`` -> ``theta + lr a exp(exp_scale b)``, in
+    chunks.
 
     A subclass builds its network (``self.network``) after ``super().__init__``, then calls
     :meth:`init_output_layer`, and implements :meth:`network_chunk` (and :meth:`network_context` if part of its
-    network works on the whole vector at once, as PNA's GNN does). Its ``info``: ``update_rms``, the RMS of the
-    whole update, and with ``adam_lr`` ``correction_rms``, that of the learned term.
+    network works on the whole vector at once, as a GNN does; :meth:`init_network_state` if the network keeps a
+    state, per coordinate as the LSTM's or of the whole vector as the PNA-LSTM's). Its ``info``: ``update_rms``, the
+    RMS of the whole update, and with ``adam_lr`` ``correction_rms``, that of the learned term.
 
     Outputs: :attr:`num_outputs` per coordinate, ``(a, b)``, then ``s`` with ``adam_scale`` and ``r`` with
     ``adam_fast_beta2``.

@@ -130,7 +130,8 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
         max_outputs: int = 1024, recurrent: bool = False,
     ) -> None:
         if len(degree_layout) < 2 or min(degree_layout) < 1:
-            raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got {degree_layout}")
+            raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got "
+                              f"{degree_layout}")
         super().__init__(head_layers, kernel_size, max_inputs, max_hidden_layers, max_outputs, features=features,
                          hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale,
                          progress_features=progress_features, adam_lr=adam_lr, output_scale=output_scale,

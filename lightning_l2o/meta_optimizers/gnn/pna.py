@@ -14,6 +14,7 @@ from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
 from lightning_l2o.meta_optimizers.gnn.base import GraphMetaOptimizer, GraphNetwork, readout, reset_sequential
 from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, compose
 from lightning_l2o.meta_optimizers.linear import linear
+from lightning_l2o.meta_optimizers.lstm import gate_weights, lstm_cell
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE
 
 TASK_17_LAYOUT = (1, 16, 32, 32, 10)
@@ -35,8 +36,8 @@ class PNANetwork(GraphNetwork):
     :class:`FiLMPNAConv` layers, each but the last followed by a node-wise layer norm, SiLU and an
     :class:`EdgeUpdate` (whose output projection is folded into the next layer's edge products and the edge
     read-out); read-out MLPs on edges and nodes. ``recurrent``: PNA-LSTM, each layer's node embeddings first go
-    through an ``nn.LSTMCell`` per node whose ``h, c`` carry over from the previous step (the memory), and the layer
-    reads its ``h``.
+    through an ``nn.LSTMCell`` per node (computed as :func:`~lightning_l2o.meta_optimizers.lstm.lstm_cell`) whose
+    ``h, c`` carry over from the previous step (the memory), and the layer reads its ``h``.
 
     Shapes:
         - input: per-parameter features ``(n, F)``, a :class:`~lightning_l2o.graphs.NeuralGraph` with ``E``
@@ -80,7 +81,7 @@ class PNANetwork(GraphNetwork):
         hs, cs = [], []
         for i, conv in enumerate(self.convs):
             if self.cells is not None:
-                x, c = self.cells[i](x, (memory[0][i], memory[1][i]))
+                x, c = lstm_cell(x, memory[0][i], memory[1][i], *gate_weights(self.cells[i]))
                 hs.append(x)
                 cs.append(c)
             x = conv(x, edge_index, edge_attr, edge_projection, target_ptr)

@@ -8,7 +8,7 @@
     python benchmarks/replication.py generalization --reports NAME [NAME ...]   # paired differences across presets
     python benchmarks/replication.py baselines --report NAME    # every tuned baseline beside the learned methods
 
-``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm,pna,pna_lstm,rt}.yaml`` with the reference schedule
+``fit`` runs ``python -m lightning_l2o fit --config configs/{ff,lstm,pna,pna_lstm,rt,nfn}.yaml`` with the reference schedule
 (100 inner steps per outer step, one-step lookahead on the same batch, Adam 3e-4 with weight decay 1e-4,
 cosine decay over ``--outer-steps``), with no validation or, with ``--val-every N``, validation on the config's
 validation tasks (task 17, seeds 201-203, 1000 steps) every N outer steps keeping the best checkpoint; a killed run
@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "replication"
 METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture and ff_adam_trajectory run when named
-CONFIGS = (*METHODS, "pna_lstm", "rt", "ff_mixture", "ff_adam_trajectory")
+CONFIGS = (*METHODS, "pna_lstm", "rt", "nfn", "ff_mixture", "ff_adam_trajectory")
 TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
 PRETRAINED = "{method}_fashion_mnist_task17"  # the shipped optimizers meta-trained on task 17
 METRICS = {"accuracy_pct": ("Δ test accuracy (pp)", 1), "log10_loss": ("Δ log10 final train loss", 3)}  # label, decimals

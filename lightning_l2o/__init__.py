@@ -12,6 +12,7 @@ from lightning_l2o.meta_optimizers import (
     FFMetaOptimizer,
     LSTMMetaOptimizer,
     MetaOptimizer,
+    NFNMetaOptimizer,
     Opt2Vec,
     PNAMetaOptimizer,
     RelationalTransformerMetaOptimizer,
@@ -22,7 +23,7 @@ from lightning_l2o.optim import LearnedOptimizer, Opt2VecOptimizer, load_learned
 from lightning_l2o.pretrained import list_pretrained, load_pretrained, pretrained_card
 
 __all__ = [
-    "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "PNAMetaOptimizer",
+    "Adam", "FFMetaOptimizer", "L2OModule", "LSTMMetaOptimizer", "LearnedOptimizer", "MetaOptimizer", "NFNMetaOptimizer", "Opt2Vec", "Opt2VecOptimizer", "PNAMetaOptimizer",
     "RelationalTransformerMetaOptimizer", "SGDMomentum",
     "list_pretrained", "load_learned_optimizer", "load_meta_optimizer", "load_pretrained", "pretrained_card",
 ]

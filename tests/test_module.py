@@ -9,6 +9,7 @@ from lightning_l2o import (
     FFMetaOptimizer,
     L2OModule,
     LSTMMetaOptimizer,
+    NFNMetaOptimizer,
     Opt2Vec,
     PNAMetaOptimizer,
     RelationalTransformerMetaOptimizer,
@@ -163,8 +164,9 @@ def test_incompatible_checkpoint_is_refused_clearly():
                                   lambda: LSTMMetaOptimizer(hidden_dim=8),
                                   lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2),
                                   lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2, recurrent=True),
-                                  lambda: RelationalTransformerMetaOptimizer(hidden_dim=8, num_layers=1, heads=2)],
-                         ids=["opt2vec", "ff", "lstm", "pna", "pna_lstm", "rt"])
+                                  lambda: RelationalTransformerMetaOptimizer(hidden_dim=8, num_layers=1, heads=2),
+                                  lambda: NFNMetaOptimizer(hidden_dim=8, num_layers=1, optimizee_depth=1)],
+                         ids=["opt2vec", "ff", "lstm", "pna", "pna_lstm", "rt", "nfn"])
 def test_every_learned_rule_meta_trains_with_persistent_es(tmp_path, rule):
     module = L2OModule(rule(), PersistentES(num_pairs=2), outer_lr=1e-2)
     start = [p.detach().clone() for p in module.meta_optimizer.parameters()]

@@ -11,6 +11,7 @@ from lightning_l2o import (
     L2OModule,
     LearnedOptimizer,
     LSTMMetaOptimizer,
+    NFNMetaOptimizer,
     Opt2Vec,
     Opt2VecOptimizer,
     PNAMetaOptimizer,
@@ -181,6 +182,7 @@ LEARNED_RULES = {
     "pna": lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2),
     "pna_lstm": lambda: PNAMetaOptimizer(hidden_dim=8, num_layers=2, recurrent=True),
     "rt": lambda: RelationalTransformerMetaOptimizer(hidden_dim=8, num_layers=1, heads=2),
+    "nfn": lambda: NFNMetaOptimizer(hidden_dim=8, num_layers=1, optimizee_depth=2),  # the 2-layer models here
 }
 SCHEDULERS = {
     "warm-up from 0": lambda opt: lr_scheduler.LambdaLR(opt, lambda step: min(step / 4, 1.0)),
@@ -260,7 +262,7 @@ def _train(optimizer: LearnedOptimizer, model: nn.Module, steps: int = 5) -> lis
     return [p.detach() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("rule", ["ff", "lstm", "pna", "pna_lstm", "rt"])
+@pytest.mark.parametrize("rule", ["ff", "lstm", "pna", "pna_lstm", "rt", "nfn"])
 def test_a_chunked_rule_deploys_like_the_unchunked_one(rule):
     """A 97-parameter model, one chunk against chunks of 16 (the LSTM's state carried per chunk)."""
     whole = trained_looking(LEARNED_RULES[rule]())

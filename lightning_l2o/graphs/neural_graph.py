@@ -43,7 +43,8 @@ class NeuralGraph:
         kernel_size: ``K``: every edge carries a ``K x K`` kernel.
         data: ``torch_geometric.data.Data`` with ``edge_index`` ``(2, E)`` (source in layer ``l``, target in
             ``l + 1``), ``node_layer`` ``(N,)`` (each node's layer), ``node_index`` ``(N,)`` (its index within
-            the layer) and ``num_nodes`` ``N``.
+            the layer) and ``num_nodes`` ``N``. Nodes come layer by layer; edges too, each layer's ``n_{l+1} n_l``
+            edges in the row-major order of its weight ``W[j, i]``, so they view as an ``(n_{l+1}, n_l)`` matrix.
         param_slot: ``(n,)`` long: the row of each flat parameter in the stacked feature table of
             :meth:`to_graph` (``E * K * K`` weight slots, then ``N`` bias slots).
         param_owner: ``(n,)`` long: the row of each flat parameter's edge (weights) or node (biases) in

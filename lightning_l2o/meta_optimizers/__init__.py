@@ -9,12 +9,12 @@ from lightning_l2o.meta_optimizers.baselines import (
     build_baseline,
 )
 from lightning_l2o.meta_optimizers.ff import FFMetaOptimizer
-from lightning_l2o.meta_optimizers.gnn import PNAMetaOptimizer, RelationalTransformerMetaOptimizer
+from lightning_l2o.meta_optimizers.gnn import NFNMetaOptimizer, PNAMetaOptimizer, RelationalTransformerMetaOptimizer
 from lightning_l2o.meta_optimizers.lstm import LSTMMetaOptimizer
 from lightning_l2o.meta_optimizers.opt2vec import Opt2Vec, TinyOpt2VecNetwork
 
 __all__ = [
-    "BASELINES", "Adam", "AdamW", "FFMetaOptimizer", "Info", "LSTMMetaOptimizer", "MetaOptimizer", "Opt2Vec", "PNAMetaOptimizer", "RelationalTransformerMetaOptimizer",
+    "BASELINES", "Adam", "AdamW", "FFMetaOptimizer", "Info", "LSTMMetaOptimizer", "MetaOptimizer", "NFNMetaOptimizer", "Opt2Vec", "PNAMetaOptimizer", "RelationalTransformerMetaOptimizer",
     "SGDMomentum", "State", "TinyOpt2VecNetwork",
     "build_baseline",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -26,6 +28,15 @@ def test_cnn_graph_counts_nodes_and_edges_per_layer():
     assert graph.node_layer.tolist() == [0, 1, 1, 2, 2, 2, 3, 3, 3, 3]
     src, dst = graph.edge_index
     assert (graph.node_layer[dst] == graph.node_layer[src] + 1).all()
+
+
+def test_each_layers_edges_view_as_its_weight_matrix():
+    graph = NeuralGraph.from_module(small_cnn())
+    layout, start = graph.layer_layout, torch.tensor([0, *graph.layer_layout]).cumsum(0)
+    blocks = graph.edge_index.split([a * b for a, b in itertools.pairwise(layout)], dim=1)
+    for layer, (src, dst) in enumerate(blocks):
+        rows, cols = torch.meshgrid(torch.arange(layout[layer + 1]), torch.arange(layout[layer]), indexing="ij")
+        assert torch.equal(src, start[layer] + cols.flatten()) and torch.equal(dst, start[layer + 1] + rows.flatten())
 
 
 def test_bidirectional_edges_are_sorted_by_target_with_their_pointer_and_forward_rows():

@@ -103,13 +103,15 @@ def trained_looking(rule: PerParameterOptimizer) -> PerParameterOptimizer:
     return rule
 
 
-def check_untrained_adam_correction_is_adam(rule: PerParameterOptimizer) -> None:
-    """``rule`` (built with ``adam_lr=1e-2``, untrained) deployed for 10 steps: bit for bit the project's Adam
-    rule, and ``torch.optim.Adam`` to 1e-6 (the Adam rule's bias corrections are float32, torch's float64)."""
+def check_untrained_adam_correction_is_adam(rule: PerParameterOptimizer,
+                                            model: Callable[[], nn.Module] = small_mlp) -> None:
+    """``rule`` (built with ``adam_lr=1e-2``, untrained) deployed for 10 steps on ``model()``: bit for bit the
+    project's Adam rule, and ``torch.optim.Adam`` to 1e-6 (the Adam rule's bias corrections are float32, torch's
+    float64)."""
     assert not rule.output_layer.weight.any() and not rule.output_layer.bias.any()
-    learned, _ = train_small_model(lambda model: LearnedOptimizer(model, rule, num_steps=10))
-    reference, _ = train_small_model(lambda model: torch.optim.Adam(model.parameters(), lr=1e-2))
-    adam_rule, _ = train_small_model(lambda model: LearnedOptimizer(model, Adam(lr=1e-2)))
+    learned, _ = train_small_model(lambda m: LearnedOptimizer(m, rule, num_steps=10), model=model())
+    reference, _ = train_small_model(lambda m: torch.optim.Adam(m.parameters(), lr=1e-2), model=model())
+    adam_rule, _ = train_small_model(lambda m: LearnedOptimizer(m, Adam(lr=1e-2)), model=model())
     assert torch.equal(learned, adam_rule)
     torch.testing.assert_close(learned, reference, rtol=0, atol=1e-6)
 

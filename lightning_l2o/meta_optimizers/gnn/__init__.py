@@ -2,6 +2,7 @@
 
 from lightning_l2o.meta_optimizers.gnn.base import GraphMetaOptimizer, GraphNetwork
 from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, LayerPositionEmbedding
+from lightning_l2o.meta_optimizers.gnn.nfn import NFNMetaOptimizer, NFNNetwork, NPLinear
 from lightning_l2o.meta_optimizers.gnn.pna import PNAMetaOptimizer, PNANetwork, degree_histogram
 from lightning_l2o.meta_optimizers.gnn.relational_transformer import (
     RelationalAttention,
@@ -10,5 +11,5 @@ from lightning_l2o.meta_optimizers.gnn.relational_transformer import (
 )
 
 __all__ = ["EdgeUpdate", "FiLMPNAConv", "GraphMetaOptimizer", "GraphNetwork", "LayerPositionEmbedding",
-           "PNAMetaOptimizer", "PNANetwork", "RelationalAttention", "RelationalTransformerMetaOptimizer",
-           "RelationalTransformerNetwork", "degree_histogram"]
+           "NFNMetaOptimizer", "NFNNetwork", "NPLinear", "PNAMetaOptimizer", "PNANetwork", "RelationalAttention",
+           "RelationalTransformerMetaOptimizer", "RelationalTransformerNetwork", "degree_histogram"]

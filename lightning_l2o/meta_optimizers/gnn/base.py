@@ -31,16 +31,17 @@ def readout(channels: int) -> nn.Sequential:
 class GraphNetwork(nn.Module):
     """Base of the GNNs over a neural graph: the input embeddings of its edges and nodes.
 
-    Each edge's padded kernel features ``(K*K*F)`` go to a forward-edge and a reverse-edge embedding in one product
-    (``edge_in``; for PNA the projection of ``[E, E^T, E + E^T]``, which for a forward edge is ``[e, 0, e]`` and for
-    its reverse ``[0, e, e]``); bias features ``(F)`` go to node embeddings (``node_in``), plus the layer position
-    embeddings. A subclass adds its layers and read-outs and implements ``forward(features, graph, memory=None)``
+    Each edge's padded kernel features ``(K*K*F)`` go to :attr:`edge_directions` embeddings in one product
+    (``edge_in``): a forward-edge and a reverse-edge embedding (for PNA the projection of ``[E, E^T, E + E^T]``, which
+    for a forward edge is ``[e, 0, e]`` and for its reverse ``[0, e, e]``), or only the forward one; bias features
+    ``(F)`` go to node embeddings (``node_in``), plus the layer position embeddings. A subclass adds its layers and read-outs and implements ``forward(features, graph, memory=None)``
     with :meth:`embed_inputs`; a recurrent one sets :attr:`memory_layers` and carries a per-node memory from step
     to step: ``memory`` in, the new memory out (``None`` for a network without one).
 
     Shapes:
         - :meth:`embed_inputs`: per-parameter features ``(n, F)``, a graph with ``E`` forward edges and ``N`` nodes
-          -> edge embeddings ``(E, 2 C)`` (forward, then reverse, along the last dimension), node embeddings ``(N, C)``
+          -> edge embeddings ``(E, D C)`` (``D`` = :attr:`edge_directions`: forward, then reverse, along the last
+          dimension), node embeddings ``(N, C)``
         - ``forward``: the same inputs and ``memory``, ``h, c (memory_layers, N, C)`` or ``None`` -> forward-edge
           embeddings ``(E, C)``, node embeddings ``(N, C)``, the new memory or ``None``
     """
@@ -48,11 +49,14 @@ class GraphNetwork(nn.Module):
     memory_layers: int = 0
     """Layers of per-node memory ``h, c`` a recurrent network carries over steps (0: none)."""
 
+    edge_directions: int = 2
+    """Input embeddings per edge: 2, forward and reverse (a GNN whose messages run both ways), or 1, forward."""
+
     def __init__(self, in_features: int, channels: int, kernel_size: int, max_inputs: int, max_hidden_layers: int,
                  max_outputs: int) -> None:
         super().__init__()
         self.kernel_size = kernel_size
-        self.edge_in = Linear(kernel_size**2 * in_features, 2 * channels)
+        self.edge_in = Linear(kernel_size**2 * in_features, self.edge_directions * channels)
         self.node_in = Linear(in_features, channels)
         self.positions = LayerPositionEmbedding(channels, max_inputs, max_hidden_layers, max_outputs)
 

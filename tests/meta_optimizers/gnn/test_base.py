@@ -1,10 +1,13 @@
-"""Every GNN rule on neural graphs (PNA, the relational transformer): forward and backward, equivariance, any
-architecture, the per-parameter options, deployment on a user's module."""
+"""Every GNN rule on neural graphs (PNA, PNA-LSTM, the relational transformer, NFN): forward and backward,
+equivariance, the per-parameter options; those of any depth on every architecture and deployed on a user's module
+(NFN, tied to one depth, in test_nfn.py)."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 from lightning_l2o import (
     FFMetaOptimizer,
     L2OModule,
+    NFNMetaOptimizer,
     PNAMetaOptimizer,
     RelationalTransformerMetaOptimizer,
     load_learned_optimizer,
@@ -34,7 +38,6 @@ from tests.meta_optimizers.test_per_parameter import (
     check_untrained_adam_correction_is_adam,
     check_zero_output_layer_still_learns,
     run_rule,
-    small_mlp,
     train_small_model,
     trained_looking,
 )
@@ -55,11 +58,20 @@ def small_pna_lstm(**kwargs) -> PNAMetaOptimizer:
     return small_pna(recurrent=True, **kwargs)
 
 
-GRAPH_RULES = [pytest.param(small_pna, id="pna"), pytest.param(small_pna_lstm, id="pna_lstm"),
-               pytest.param(small_rt, id="rt")]
+def small_nfn(**kwargs) -> NFNMetaOptimizer:
+    """An NFN for the 3-layer :func:`mlp` and :func:`cnn`."""
+    torch.manual_seed(0)
+    return NFNMetaOptimizer(**{"hidden_dim": 16, "num_layers": 2, "optimizee_depth": 3, "max_inputs": 800, **kwargs})
+
+
+ANY_DEPTH_RULES = [pytest.param(small_pna, id="pna"), pytest.param(small_pna_lstm, id="pna_lstm"),
+                   pytest.param(small_rt, id="rt")]
+GRAPH_RULES = [*ANY_DEPTH_RULES, pytest.param(small_nfn, id="nfn")]
 
 
 def mlp() -> nn.Module:
+    """3 weight layers, the same initial weights on every call."""
+    torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
 
 
@@ -187,7 +199,7 @@ ARCHITECTURES = {
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("make", GRAPH_RULES)
+@pytest.mark.parametrize("make", ANY_DEPTH_RULES)
 def test_one_gnn_runs_on_every_width_depth_dataset_and_mlp(make, name):
     rule = make()  # one set of weights (a PNA's sized for task 17's degree histogram)
     model = ARCHITECTURES[name]()
@@ -206,7 +218,7 @@ def test_bare_parameters_are_refused_with_the_fix_and_per_parameter_rules_accept
     LearnedOptimizer(model.parameters(), FFMetaOptimizer()).step()
 
 
-@pytest.fixture(scope="module", params=GRAPH_RULES)
+@pytest.fixture(scope="module", params=ANY_DEPTH_RULES)
 def gnn_checkpoint(request, tmp_path_factory):
     """Each GNN rule meta-trained for 2 outer steps on regression tasks (a Linear optimizee)."""
     root = tmp_path_factory.mktemp("gnn")
@@ -221,16 +233,15 @@ def gnn_checkpoint(request, tmp_path_factory):
     return path
 
 
-def test_deployed_gnn_on_a_nested_sequential_equals_the_rule_in_a_plain_loop(gnn_checkpoint):
-    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU()), nn.Sequential(nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(3, 2)))
-    optimizer = load_learned_optimizer(gnn_checkpoint, model)
+def check_deployed_equals_the_rule_in_a_plain_loop(checkpoint: Path, model: nn.Module, x: Tensor, y: Tensor,
+                                                   loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """3 steps of the optimizer loaded from ``checkpoint`` on ``model`` equal its rule applied by hand."""
+    optimizer = load_learned_optimizer(checkpoint, model)
     rule, space = optimizer.update_rule, ParamSpace.of_module(model)
-    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 2, (8,))
     expected, state = flat(model), None
     for _ in range(3):
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         loss.backward()
         grads = ParamLayout.flatten([p.grad for p in model.parameters()])
         with torch.no_grad():
@@ -238,6 +249,13 @@ def test_deployed_gnn_on_a_nested_sequential_equals_the_rule_in_a_plain_loop(gnn
             expected, state, _ = rule(expected, grads, loss.detach(), state, space, rule.lr)
         optimizer.step()
         torch.testing.assert_close(flat(model), expected)
+
+
+def test_deployed_gnn_on_a_nested_sequential_equals_the_rule_in_a_plain_loop(gnn_checkpoint):
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU()), nn.Sequential(nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(3, 2)))
+    check_deployed_equals_the_rule_in_a_plain_loop(gnn_checkpoint, model, torch.randn(8, 1, 6, 6),
+                                                   torch.randint(0, 2, (8,)), nn.functional.cross_entropy)
 
 
 class Classifier(pl.LightningModule):
@@ -279,7 +297,7 @@ def test_the_per_parameter_options_reach_the_gnn_and_its_head(make):
 @pytest.mark.parametrize("features", ["kofinas", "metz", "adam"])
 @pytest.mark.parametrize("make", GRAPH_RULES)
 def test_untrained_gnn_adam_correction_is_torch_adam(make, features):
-    check_untrained_adam_correction_is_adam(make(features=features, adam_lr=1e-2))
+    check_untrained_adam_correction_is_adam(make(features=features, adam_lr=1e-2), model=mlp)
 
 
 @pytest.mark.parametrize("make", GRAPH_RULES)
@@ -299,14 +317,14 @@ def test_gnn_output_scale_shrinks_the_first_update_and_keeps_a_random_draw_finit
         rule = make(output_scale=scale)
         rms[scale] = rule(params, grads, torch.tensor(1.0), rule.init_state(params, space), space, rule.lr)[2]["update_rms"]
     assert float(rms[0.01] / rms[1.0]) == pytest.approx(0.01, rel=0.05)
-    params, losses = train_small_model(lambda m: LearnedOptimizer(m, make(output_scale=0.01)), steps=100)
+    params, losses = train_small_model(lambda m: LearnedOptimizer(m, make(output_scale=0.01)), steps=100, model=mlp())
     assert torch.isfinite(params).all() and max(losses) < 1.5 * losses[0]
 
 
 @pytest.mark.parametrize("options", list(OPTIONS.values()), ids=list(OPTIONS))
 @pytest.mark.parametrize("make", GRAPH_RULES)
 def test_every_option_of_the_gnn_round_trips_through_a_checkpoint_config_and_deploys(make, options):
-    check_round_trip_and_deploy(make(**options), model=small_mlp)
+    check_round_trip_and_deploy(make(**options), model=mlp)
 
 
 @pytest.mark.parametrize("make", GRAPH_RULES)

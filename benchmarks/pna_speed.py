@@ -1,14 +1,14 @@
 """PNA against FF: meta-training inner step, peak memory, deployed step and achieved GFLOP/s (one CPU thread).
 
     L2O_DATA_DIR=../shared/data python benchmarks/pna_speed.py
-    L2O_DATA_DIR=../shared/data python benchmarks/pna_speed.py --inner-steps-of ff pna rt   # sections 1-2 only
+    L2O_DATA_DIR=../shared/data python benchmarks/pna_speed.py --inner-steps-of ff pna rt nfn   # sections 1-2 only
 
 1. Meta-training inner step (the reference's one-step lookahead on the same batch, parameters detached after
    the step: the optimizee's forward and backward, the rule's forward, the lookahead loss and the backward
    through the rule) on task 17 and on ``fashion_mnist-width128``; FF, PNA, PNA with its message passing in
    PyTorch's eager mode (without the compiled kernels of ``gnn/message_passing.py``: what they buy) and PNA with a
-   2-layer read-out (``head_layers=2``, not the reference's 8: what a shallower read-out buys), and the relational
-   transformer (``rt``, its reference size) interleaved in one process, min / median over repeats. The process keeps freed memory for reuse, as ``fit`` does
+   2-layer read-out (``head_layers=2``, not the reference's 8: what a shallower read-out buys), the relational
+   transformer (``rt``) and NFN (``nfn``), each at its reference size, interleaved in one process, min / median over repeats. The process keeps freed memory for reuse, as ``fit`` does
    (:func:`lightning_l2o.allocator.keep_freed_memory`).
 2. Peak memory of those inner steps: each (rule, task) in a fresh subprocess, the peak RSS during the steps
    (``VmHWM``, reset through ``/proc/self/clear_refs`` once imports, the task and the rule are built) minus the
@@ -48,7 +48,13 @@ sys.path.insert(0, str(REPO))
 from linear_kernels import interleaved, matmul_gflops
 from results_table import min_median_ms, save_report
 
-from lightning_l2o import FFMetaOptimizer, LearnedOptimizer, PNAMetaOptimizer, RelationalTransformerMetaOptimizer
+from lightning_l2o import (
+    FFMetaOptimizer,
+    LearnedOptimizer,
+    NFNMetaOptimizer,
+    PNAMetaOptimizer,
+    RelationalTransformerMetaOptimizer,
+)
 from lightning_l2o.allocator import keep_freed_memory
 from lightning_l2o.compiled_kernels import fused_kernels
 from lightning_l2o.meta_optimizers.linear import onednn
@@ -57,10 +63,11 @@ from lightning_l2o.unroll import InnerState, unroll
 
 EAGER_PNA = "pna, eager message passing"
 RULES = {"ff": FFMetaOptimizer, "pna": PNAMetaOptimizer, EAGER_PNA: PNAMetaOptimizer,
-         "pna, head_layers=2": functools.partial(PNAMetaOptimizer, head_layers=2), "rt": RelationalTransformerMetaOptimizer}
+         "pna, head_layers=2": functools.partial(PNAMetaOptimizer, head_layers=2), "rt": RelationalTransformerMetaOptimizer,
+         "nfn": NFNMetaOptimizer}
 """FF, PNA in the reference setting (a read-out of 8 hidden layers per parameter), the same PNA with the compiled
 kernels off (:data:`EAGER_PNA`), for the trade-off PNA with a 2-layer read-out, which departs from the reference,
-and the relational transformer in its reference setting."""
+and the relational transformer and NFN in their reference settings (both tasks have NFN's default 4 layers)."""
 
 
 def kernels_for(name: str) -> AbstractContextManager[None]:

@@ -19,7 +19,7 @@ from lightning_l2o.evaluation import DIVERGENCE_FACTOR, Trajectory, best_lrs, gr
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.base import class_path
 from lightning_l2o.meta_optimizers.baselines import BASELINES
-from lightning_l2o.tasks import Segment, TaskSpec
+from lightning_l2o.tasks import Segment, TaskSpec, build_task
 from lightning_l2o.unroll import InnerState
 
 
@@ -104,6 +104,21 @@ class L2OModule(pl.LightningModule):
         self._tuned_lrs: dict[tuple[str, str], float] = {}
 
     # ----------------------------------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        """Before any step: refuse a task template that this stage runs the rule on (``fit``: the train tasks, and
+        the val tasks unless validation is off; ``validate``: the val tasks; ``test``: the test tasks) and whose
+        optimizee the rule cannot update (:meth:`~lightning_l2o.meta_optimizers.MetaOptimizer.check_space`),
+        naming the template."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        keys = {"fit": ("train_tasks", "val_tasks") if self.trainer.limit_val_batches else ("train_tasks",),
+                "validate": ("val_tasks",), "test": ("test_tasks",)}.get(stage, ())
+        for key in keys:
+            for i, template in enumerate(getattr(datamodule, key, ())):
+                try:
+                    self.meta_optimizer.check_space(build_task(template).space)
+                except ConfigError as err:
+                    raise ConfigError(f"data.{key}[{i}] ({template.architecture}): {err}") from None
+
     def configure_callbacks(self) -> list[pl.Callback]:
         return [FinalCheckpoint()]
 

@@ -89,6 +89,11 @@ class MetaOptimizer(nn.Module, ABC):
     def is_learned(self) -> bool:
         return any(True for _ in self.parameters())
 
+    def check_space(self, space: ParamSpace) -> None:
+        """Raise a :class:`~lightning_l2o.errors.ConfigError` with the fix where this rule cannot update the
+        optimizee ``space`` describes (e.g. a GNN rule and an optimizee without a neural graph); every rule here
+        accepts every optimizee unless it says otherwise. Meta-training checks every task template with it first."""
+
     @abstractmethod
     def init_state(self, params: Tensor, space: ParamSpace) -> State:
         """Optimizer state for flat ``params`` of shape ``(n,)``; all values are tensors."""

@@ -131,6 +131,10 @@ class GraphMetaOptimizer(PerParameterOptimizer):
     def output_layer(self) -> nn.Linear:
         return self.head.output_layer
 
+    def check_space(self, space: ParamSpace) -> None:
+        """The optimizee must have a neural graph (:meth:`~lightning_l2o.params.ParamSpace.require_graph`)."""
+        space.require_graph(type(self).__name__)
+
     def init_network_state(self, params: Tensor, space: ParamSpace) -> State:
         """Zeros for a recurrent network's per-node memory; nothing for the others."""
         if not self.network.memory_layers:

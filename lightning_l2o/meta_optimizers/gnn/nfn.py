@@ -13,6 +13,7 @@ from lightning_l2o.errors import ConfigError
 from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
 from lightning_l2o.meta_optimizers.gnn.base import GraphMetaOptimizer, GraphNetwork
 from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE
+from lightning_l2o.params import ParamSpace
 
 TASK_17_DEPTH = 4  # conv, conv, conv, linear
 
@@ -174,6 +175,10 @@ class NFNMetaOptimizer(GraphMetaOptimizer):
                          adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, shape_features=shape_features,
                          adam_schedule=adam_schedule, schedule_horizon=schedule_horizon,
                          optimizee_depth=optimizee_depth)
+
+    def check_space(self, space: ParamSpace) -> None:
+        """A neural graph of :attr:`optimizee_depth` weight layers."""
+        check_depth(self.config["optimizee_depth"], space.require_graph(type(self).__name__))
 
     def build_network(self, in_features: int) -> NFNNetwork:
         config = self.config

@@ -218,6 +218,15 @@ def test_bare_parameters_are_refused_with_the_fix_and_per_parameter_rules_accept
     LearnedOptimizer(model.parameters(), FFMetaOptimizer()).step()
 
 
+def test_meta_training_refuses_a_task_without_a_neural_graph_before_any_step(tmp_path):
+    regression = TaskSpec("regression", arch={"inputs": 4}, batch_size=16, horizon=6)
+    quadratic = TaskSpec("quadratic", arch={"dim": 5}, horizon=6)
+    with pytest.raises(ConfigError, match=r"data.train_tasks\[1\] \(quadratic.*\): PNAMetaOptimizer needs the "
+                                          r"optimizee's neural graph"):
+        tiny_trainer(tmp_path, max_steps=2).fit(L2OModule(small_pna()), tiny_datamodule(
+            train_tasks=[regression, quadratic], val_tasks=[regression], test_tasks=[regression]))
+
+
 @pytest.fixture(scope="module", params=ANY_DEPTH_RULES)
 def gnn_checkpoint(request, tmp_path_factory):
     """Each GNN rule meta-trained for 2 outer steps on regression tasks (a Linear optimizee)."""

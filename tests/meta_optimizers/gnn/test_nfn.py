@@ -101,3 +101,14 @@ def test_a_meta_trained_nfn_deploys_on_its_depth_as_the_rule_in_a_plain_loop_and
 def test_a_bad_optimizee_depth_is_refused_with_an_example(depth):
     with pytest.raises(ConfigError, match="optimizee_depth must be a positive integer.*e.g. 4"):
         NFNMetaOptimizer(optimizee_depth=depth)
+
+
+def test_meta_training_refuses_a_task_of_another_depth_before_any_step(tmp_path):
+    regression = TaskSpec("regression", arch={"inputs": 4}, batch_size=16, horizon=6)
+    digits = TaskSpec("mlp", arch={"hidden": [8]}, dataset="digits", batch_size=16, horizon=6)  # depth 2
+    module = L2OModule(NFNMetaOptimizer(hidden_dim=8, num_layers=1, optimizee_depth=1))
+    start = [p.detach().clone() for p in module.meta_optimizer.parameters()]
+    trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=1)
+    with pytest.raises(ConfigError, match=r"data.val_tasks\[0\] \(mlp-digits.*\): NFNMetaOptimizer.*optimizee_depth: 2"):
+        trainer.fit(module, tiny_datamodule(train_tasks=[regression], val_tasks=[digits], test_tasks=[digits]))
+    assert all(torch.equal(p, q) for p, q in zip(start, module.meta_optimizer.parameters(), strict=True))

@@ -34,9 +34,10 @@ class GraphNetwork(nn.Module):
     Each edge's padded kernel features ``(K*K*F)`` go to :attr:`edge_directions` embeddings in one product
     (``edge_in``): a forward-edge and a reverse-edge embedding (for PNA the projection of ``[E, E^T, E + E^T]``, which
     for a forward edge is ``[e, 0, e]`` and for its reverse ``[0, e, e]``), or only the forward one; bias features
-    ``(F)`` go to node embeddings (``node_in``), plus the layer position embeddings. A subclass adds its layers and read-outs and implements ``forward(features, graph, memory=None)``
-    with :meth:`embed_inputs`; a recurrent one sets :attr:`memory_layers` and carries a per-node memory from step
-    to step: ``memory`` in, the new memory out (``None`` for a network without one).
+    ``(F)`` go to node embeddings (``node_in``), plus the layer position embeddings. A subclass adds its layers and
+    read-outs and implements ``forward(features, graph, memory=None)`` with :meth:`embed_inputs`; a recurrent one
+    sets :attr:`memory_layers` and carries a per-node memory from step to step: ``memory`` in, the new memory out
+    (``None`` for a network without one).
 
     Shapes:
         - :meth:`embed_inputs`: per-parameter features ``(n, F)``, a graph with ``E`` forward edges and ``N`` nodes

@@ -40,8 +40,8 @@ class NPLinear(nn.Module):
 
         e'_uv = A_i e_uv + B_i g + S_i c_u + T_i c_v,        x'_v = D_i c_v + G_i g
 
-    Input nodes, which hold no parameter, keep their embedding (their position) as the reference's input neurons
-    keep theirs.
+    Input nodes, which hold no parameter (the reference has no features for them), pass through unchanged: their
+    embedding, the position of each input, is read by the edges of weight layer 0.
 
     Zhou et al.'s NP layer (row, column and global means of each weight matrix and bias), with a kernel's elements as
     channels of its edge and input neurons as nodes with embeddings too. Each output's weights start uniform in

@@ -109,6 +109,7 @@ def test_meta_training_refuses_a_task_of_another_depth_before_any_step(tmp_path)
     module = L2OModule(NFNMetaOptimizer(hidden_dim=8, num_layers=1, optimizee_depth=1))
     start = [p.detach().clone() for p in module.meta_optimizer.parameters()]
     trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=1)
-    with pytest.raises(ConfigError, match=r"data.val_tasks\[0\] \(mlp-digits.*\): NFNMetaOptimizer.*optimizee_depth: 2"):
+    expected = r"data.val_tasks\[0\] \(mlp-digits.*\): NFNMetaOptimizer.*optimizee_depth: 2"
+    with pytest.raises(ConfigError, match=expected):
         trainer.fit(module, tiny_datamodule(train_tasks=[regression], val_tasks=[digits], test_tasks=[digits]))
     assert all(torch.equal(p, q) for p, q in zip(start, module.meta_optimizer.parameters(), strict=True))

@@ -165,7 +165,7 @@ class L2OModule(pl.LightningModule):
         self._consecutive_nonfinite = 0
         meta_loss = torch.stack([e.meta_loss for e in estimates]).mean()
         self.log("train/meta_loss", meta_loss, prog_bar=True)
-        self.log("train/inner_loss", torch.stack([e.inner_losses.mean() for e in estimates]).mean())
+        self._log_inner_loss(estimates)
         self.log("train/outer_lr", optimizer.param_groups[0]["lr"])
         self.log("train/nonfinite_segments", float(self.nonfinite_segments))
         for key in estimates[0].info:
@@ -215,14 +215,19 @@ class L2OModule(pl.LightningModule):
                 p.grad = g.view_as(p)
         return all_finite, any_counted
 
+    def _log_inner_loss(self, estimates: list[SegmentEstimate]) -> None:
+        """``train/inner_loss``: the optimizees' mean training loss over the meta-batch's segments."""
+        self.log("train/inner_loss", torch.stack([e.inner_losses.mean() for e in estimates]).mean())
+
     def _skip_uncounted(self, optimizer: Any, estimates: list[SegmentEstimate]) -> torch.Tensor:
         """No outer update for a meta-batch (on every rank) with no loss in the objective's window; its tasks carry
-        on."""
+        on, and their inner loss is logged (there is no meta-loss to log: none of its losses is in the objective)."""
         optimizer.zero_grad()
         self._inners = [e.state for e in estimates]
         self._consecutive_nonfinite = 0
         self.uncounted_segments += 1
         self.log("train/uncounted_segments", float(self.uncounted_segments))
+        self._log_inner_loss(estimates)
         return torch.stack([e.meta_loss for e in estimates]).mean()
 
     def _skip_nonfinite(self, optimizer: Any, specs: list[TaskSpec], states: list[InnerState | None]) -> None:

@@ -64,10 +64,12 @@ def test_non_finite_segment_is_skipped_counted_and_the_task_restarted(tmp_path):
 class ParamsAfterBatches(pl.Callback):
     def __init__(self) -> None:
         self.records = []  # (global_step, flat meta-parameters) after each batch
+        self.inner_losses = []  # train/inner_loss as logged by each batch
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         flat = torch.cat([p.detach().flatten() for p in module.meta_optimizer.parameters()]).clone()
         self.records.append((trainer.global_step, flat))
+        self.inner_losses.append(float(trainer.callback_metrics["train/inner_loss"]))
 
 
 @pytest.mark.parametrize("estimator", [lambda: TruncatedBackprop(final_fraction=0.5),
@@ -85,6 +87,7 @@ def test_segments_before_the_objective_window_take_no_outer_step(tmp_path, estim
     for (step, params), (next_step, next_params) in itertools.pairwise(capture.records):
         assert torch.equal(params, next_params) == (step == next_step)  # parameters move exactly on an update
     assert trainer.callback_metrics["train/uncounted_segments"] == 6
+    assert len(set(capture.inner_losses)) == len(capture.inner_losses)  # logged on every batch, uncounted ones too
 
 
 class GradientsAtFirstStep(pl.Callback):

@@ -29,7 +29,8 @@ class LearnedOptimizer(Optimizer):
 
     ``params`` is an ``nn.Module`` (its parameters form one group and the rule sees its structure: names,
     shapes and, for rules that read it, its neural graph), or parameters / parameter groups as for any
-    ``torch.optim`` optimizer (the rule then sees only shapes; a rule that needs the graph refuses them).
+    ``torch.optim`` optimizer (the rule then sees only shapes; a rule that needs the graph, or another depth as an
+    NFN does, refuses them here, with the fix: :meth:`~lightning_l2o.meta_optimizers.MetaOptimizer.check_space`).
     Each group's ``lr`` is the rule's base learning rate for that group (schedulers change it as usual);
     the rule's state (e.g. momentum buffer and history) lives in ``self.state`` and round-trips through
     ``state_dict`` / ``load_state_dict``.
@@ -65,6 +66,9 @@ class LearnedOptimizer(Optimizer):
         self.last_info: dict[str, Tensor] = {}
         self.nonfinite_steps = 0
         self._spaces: dict[int, ParamSpace] = {}
+        for index, group in enumerate(self.param_groups):
+            if group["params"]:
+                self.update_rule.check_space(self._describe(index))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | float | Tensor | None = None) -> Any:  # type: ignore[override]
@@ -84,16 +88,18 @@ class LearnedOptimizer(Optimizer):
         return loss if callable(closure) else self.last_info.get("embedding")
 
     def space(self, index: int) -> ParamSpace:
-        """The static description of param group ``index`` (the module's structure for a module's group)."""
+        """The static description of param group ``index`` (the module's structure for a module's group), on the
+        device of its parameters at the first step."""
         if index not in self._spaces:
-            params = self.param_groups[index]["params"]
-            device = params[0].device
-            if self.module is not None and index == 0:
-                self._spaces[index] = ParamSpace.of_module(self.module, device)
-            else:
-                self._spaces[index] = ParamSpace.of_layout(
-                    ParamLayout.from_tensors((str(i), p) for i, p in enumerate(params)), device)
+            self._spaces[index] = self._describe(index)
         return self._spaces[index]
+
+    def _describe(self, index: int) -> ParamSpace:
+        params = self.param_groups[index]["params"]
+        if self.module is not None and index == 0:
+            return ParamSpace.of_module(self.module, params[0].device)
+        return ParamSpace.of_layout(ParamLayout.from_tensors((str(i), p) for i, p in enumerate(params)),
+                                    params[0].device)
 
     def _update_group(self, index: int, params: list[Tensor], loss: Tensor, lr: float) -> dict[str, Tensor]:
         flat = ParamLayout.flatten(params)

@@ -76,7 +76,7 @@ def test_each_shipped_optimizer_trains_a_fresh_small_model(name):
     assert load_pretrained(name, model, lr=0.003).param_groups[0]["lr"] == 0.003
     if name in NEEDS_THE_MODEL:
         with pytest.raises(ConfigError, match="pass the model itself"):
-            load_pretrained(name, model.parameters()).step(closure)
+            load_pretrained(name, model.parameters())
     else:
         assert load_pretrained(name, model.parameters(), lr=0.003).param_groups[0]["lr"] == 0.003
 

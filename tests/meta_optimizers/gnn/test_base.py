@@ -214,7 +214,7 @@ def test_bare_parameters_are_refused_with_the_fix_and_per_parameter_rules_accept
     model = mlp()
     model(torch.randn(2, 4)).sum().backward()
     with pytest.raises(ConfigError, match="pass the model itself"):
-        LearnedOptimizer(model.parameters(), make()).step()
+        LearnedOptimizer(model.parameters(), make())  # at construction, before any step
     LearnedOptimizer(model.parameters(), FFMetaOptimizer()).step()
 
 

@@ -53,7 +53,8 @@ class NPLinear(nn.Module):
 
     Shapes:
         - input: edge embeddings ``(E, C)``, node embeddings ``(N, C)``, a
-          :class:`~lightning_l2o.graphs.NeuralGraph` of ``depth`` weight layers
+          :class:`~lightning_l2o.graphs.NeuralGraph` of ``depth`` weight layers (checked once per step by
+          :class:`NFNNetwork`)
         - output: edge ``(E, C)`` and node ``(N, C)`` embeddings
     """
 
@@ -80,7 +81,6 @@ class NPLinear(nn.Module):
                     nn.init.uniform_(weight, -bound, bound)
 
     def forward(self, edges: Tensor, nodes: Tensor, graph: NeuralGraph) -> tuple[Tensor, Tensor]:
-        check_depth(self.depth, graph)
         layout = graph.layer_layout
         matrices = [block.view(n_out, n_in, -1) for block, (n_in, n_out) in zip(
             edges.split([a * b for a, b in itertools.pairwise(layout)]), itertools.pairwise(layout), strict=True)]
@@ -123,6 +123,7 @@ class NFNNetwork(GraphNetwork):
             layer.reset_parameters()
 
     def forward(self, features: Tensor, graph: NeuralGraph, memory: None = None) -> tuple[Tensor, Tensor, None]:
+        check_depth(self.layers[0].depth, graph)
         edges, nodes = self.embed_inputs(features, graph)
         for i, layer in enumerate(self.layers):
             if i:

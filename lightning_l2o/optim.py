@@ -61,14 +61,23 @@ class LearnedOptimizer(Optimizer):
                               f"num_steps=1000), got {num_steps!r}")
         self.num_steps = num_steps
         self.module = params if isinstance(params, nn.Module) else None
-        super().__init__(list(params.parameters()) if self.module is not None else params, {"lr": lr})
         self.update_rule = update_rule.eval().requires_grad_(False)
         self.last_info: dict[str, Tensor] = {}
         self.nonfinite_steps = 0
         self._spaces: dict[int, ParamSpace] = {}
-        for index, group in enumerate(self.param_groups):
-            if group["params"]:
+        super().__init__(list(params.parameters()) if self.module is not None else params, {"lr": lr})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group as ``torch.optim.Optimizer`` does, after checking that the rule can update it
+        (:meth:`~lightning_l2o.meta_optimizers.MetaOptimizer.check_space`); a refused group is not added."""
+        super().add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        if self.param_groups[index]["params"]:
+            try:
                 self.update_rule.check_space(self._describe(index))
+            except ConfigError as error:
+                self.param_groups.pop()
+                raise ConfigError(f"param group {index}: {error}") from None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | float | Tensor | None = None) -> Any:  # type: ignore[override]

@@ -348,3 +348,14 @@ def test_the_read_out_in_chunks_equals_one_chunk_and_runs_in_bfloat16(make):
     torch.testing.assert_close(chunked, expected, rtol=1e-6, atol=1e-6)
     bf16, _ = run_rule(whole.with_config(network_dtype="bfloat16"), space, params, grads)
     assert 0 < ((bf16 - params) - (expected - params)).norm() / (expected - params).norm() < 0.05
+
+
+@pytest.mark.parametrize("make", GRAPH_RULES)
+def test_a_param_group_added_later_is_checked_and_a_refused_one_is_not_added(make):
+    model, other = mlp(), mlp()
+    optimizer = LearnedOptimizer(model, make())
+    with pytest.raises(ConfigError, match=r"param group 1: .*pass the model itself"):
+        optimizer.add_param_group({"params": list(other.parameters())})
+    assert len(optimizer.param_groups) == 1
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()

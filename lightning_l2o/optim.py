@@ -68,8 +68,8 @@ class LearnedOptimizer(Optimizer):
         super().__init__(list(params.parameters()) if self.module is not None else params, {"lr": lr})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds a group as ``torch.optim.Optimizer`` does, after checking that the rule can update it
-        (:meth:`~lightning_l2o.meta_optimizers.MetaOptimizer.check_space`); a refused group is not added."""
+        """Adds a group as ``torch.optim.Optimizer`` does, then checks that the rule can update it
+        (:meth:`~lightning_l2o.meta_optimizers.MetaOptimizer.check_space`); a refused group is removed again."""
         super().add_param_group(param_group)
         index = len(self.param_groups) - 1
         if self.param_groups[index]["params"]:

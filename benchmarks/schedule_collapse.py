@@ -29,6 +29,7 @@ from results_table import RESULTS, save_report
 from tqdm import tqdm
 
 from lightning_l2o.checkpoints import PRETRAINED_PREFIX, load_meta_optimizer
+from lightning_l2o.errors import ConfigError
 from lightning_l2o.evaluation import Trajectory, TrajectoryCache, log10_loss
 from lightning_l2o.meta_optimizers.baselines import Adam
 from lightning_l2o.tasks import TaskSpec
@@ -63,8 +64,11 @@ def main() -> None:
     os.environ.setdefault("L2O_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     torch.set_num_threads(1)
     cache = TrajectoryCache(CACHE)
-    shipped = load_meta_optimizer(PRETRAINED_PREFIX + args.pretrained)
-    if shipped.schedule is None or shipped.adam is None:
+    try:
+        shipped = load_meta_optimizer(PRETRAINED_PREFIX + args.pretrained)
+    except ConfigError as error:
+        parser.error(f"--pretrained: {error}")
+    if getattr(shipped, "schedule", None) is None:  # a schedule needs adam_lr, so the rule also has its Adam step
         parser.error(f"--pretrained {args.pretrained} has no learned schedule on an Adam step (adam_schedule); "
                      f"name one that has")
     schedule_alone = shipped.with_config()

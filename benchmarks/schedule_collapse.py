@@ -9,8 +9,8 @@ the shipped rule with its learned term switched off (output layer zeroed: Adam t
 a constant lr equal to the schedule's peak step (the rule's own Adam lr times the largest factor of the shipped run).
 If the schedule alone collapses like the shipped rule, the learned term is not the cause; if constant Adam at the
 peak collapses too, the size of the step is. The table gives final test accuracy, log10 final training loss and the
-collapse step (the first step ``t`` whose 20-step mean loss is over twice the lowest 20-step mean before ``t``; "-"
-if none, as for a run at chance from its start); ``benchmarks/results/schedule_collapse/<--name>.png`` plots the
+collapse step (the first step ``t`` at which the mean loss over steps ``t - 19 .. t`` is over twice the lowest such
+mean before; "-" if none, as for a run at chance from its start); ``benchmarks/results/schedule_collapse/<--name>.png`` plots the
 loss curves. Runs are read from and added to the report's cache ``benchmarks/results/replication/runs``.
 """
 
@@ -40,16 +40,17 @@ JUMP = 2.0  # a collapse: the moving mean over JUMP times its lowest value so fa
 
 
 def moving_mean(losses: torch.Tensor) -> torch.Tensor:
-    """Mean over each window of ``WINDOW`` steps, ``(T - WINDOW + 1,)``."""
+    """Mean over each window of ``WINDOW`` steps, ``(T - WINDOW + 1,)``: entry ``i`` ends at step ``i + WINDOW - 1``."""
     return losses.unfold(0, WINDOW, 1).mean(dim=1)
 
 
 def collapse_step(losses: torch.Tensor) -> int | None:
-    """The first step whose moving mean is over ``JUMP`` times the lowest moving mean before it; ``None`` if none."""
+    """The first step whose moving mean (of the window ending there) is over ``JUMP`` times the lowest moving mean
+    before it; ``None`` if none."""
     means = moving_mean(losses)
     lowest = torch.cummin(means, dim=0).values
     jumps = torch.nonzero(means[1:] > JUMP * lowest[:-1])
-    return int(jumps[0]) + 1 if len(jumps) else None
+    return int(jumps[0]) + WINDOW if len(jumps) else None
 
 
 def main() -> None:

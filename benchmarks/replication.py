@@ -92,11 +92,13 @@ def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int,
 
 def report(
     methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
-    name: str, baselines: list[str], runs: list[str], pretrained: list[str] | None,
+    name: str, baselines: list[str], runs: list[str], pretrained: list[str] | None, tuning_presets: list[str],
+    learned_lr_grid: list[float] | None,
 ) -> None:
     checkpoints = _pretrained(methods, pretrained) if pretrained is not None else _checkpoints(methods, runs)
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
-           "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", "['17']", "--lr_grid", str(lr_grid),
+           "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", str(tuning_presets),
+           "--lr_grid", str(lr_grid), "--learned_lr_grid", "null" if learned_lr_grid is None else str(learned_lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
            "--checkpoints", str(checkpoints), "--cache_dir", str(OUT / "runs")]
     print(" ".join(cmd), flush=True)
@@ -329,6 +331,12 @@ def main() -> None:
     report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
     report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
     report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
+    report_parser.add_argument("--tuning-presets", nargs="+", default=["17"],
+                               help="presets whose validation seeds choose every lr (default: task 17, as the seed's "
+                                    "protocol; the evaluated presets themselves tune per preset)")
+    report_parser.add_argument("--learned-lr-grid", type=float, nargs="+",
+                               help="base lrs tried for each learned optimizer on the tuning presets' validation "
+                                    "seeds (default: each runs at its own lr)")
     report_parser.add_argument("--name", default="report", help="output folder under benchmarks/results/replication")
     report_parser.add_argument("--baselines", nargs="+", default=["adam", "adamw", "sgd_momentum"])
     report_parser.add_argument("--pretrained", nargs="*", metavar="NAME",
@@ -359,7 +367,7 @@ def main() -> None:
     else:
         report(
             list(METHODS) if args.methods is None else args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
-            args.runs or ["0"], args.pretrained,
+            args.runs or ["0"], args.pretrained, args.tuning_presets, args.learned_lr_grid,
         )
 
 

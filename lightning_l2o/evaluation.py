@@ -85,7 +85,7 @@ class TrajectoryCache:
     the runs it has instead of training them again, and reports that share a folder share their runs.
 
     A run's file is named by a hash of the rule (class, configuration and weights), the task spec (with its seed
-    and horizon), the device and the source code of this package: any change to the code computes runs afresh. The
+    and horizon), the lr, the device and the source code of this package: any change to the code computes runs afresh. The
     method's name only labels the file: the same rule run under another name reads the run it has.
     """
 
@@ -93,16 +93,19 @@ class TrajectoryCache:
         self.folder = Path(folder)
 
     def meta_test(self, update_rule: MetaOptimizer, spec: TaskSpec, method: str, device: torch.device | str = "cpu",
-                  ) -> Trajectory:
-        """:func:`meta_test` of ``update_rule`` on ``spec`` at its own lr, read from the folder where it was run."""
-        key = {"rule": _rule_digest(update_rule), "spec": spec.to_dict(), "device": str(device), "code": _code_digest()}
+                  lr: float | None = None) -> Trajectory:
+        """:func:`meta_test` of ``update_rule`` on ``spec`` at ``lr`` (default its own), read from the folder where
+        it was run."""
+        lr = update_rule.lr if lr is None else float(lr)
+        key = {"rule": _rule_digest(update_rule), "spec": spec.to_dict(), "device": str(device), "code": _code_digest(),
+               "lr": lr}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
         path = self.folder / f"{method}-{spec.name}-{digest}.pt"
         cached = path if path.is_file() else next(self.folder.glob(f"*-{digest}.pt"), None)
         if cached is not None:
             run = torch.load(cached, weights_only=True)
             return Trajectory(spec, method, run["lr"], run["losses"], run["final"], run["diverged"], run["infos"])
-        trajectory = meta_test(update_rule, spec, method=method, device=device)
+        trajectory = meta_test(update_rule, spec, lr=lr, method=method, device=device)
         self.folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         torch.save({"lr": trajectory.lr, "losses": trajectory.losses, "final": trajectory.final,
@@ -148,7 +151,7 @@ def grid_search(
 
 
 def validation_scores(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, str, float], float]:
-    """Per ``(baseline, family, lr)`` of a :func:`grid_search`: the mean log10 final training loss over its runs
+    """Per ``(method, family, lr)`` of a :func:`grid_search` (or of any runs keyed alike): the mean log10 final training loss over its runs
     (a diverged run counts as ``inf``): the score :func:`best_lrs` minimises."""
     values: dict[tuple[str, str, float], list[float]] = defaultdict(list)
     for (name, lr, _), traj in grid.items():
@@ -157,7 +160,7 @@ def validation_scores(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tu
 
 
 def best_lrs(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, str], float]:
-    """Per ``(baseline, family)``: the lr with the lowest mean log final training loss (diverged = worst)."""
+    """Per ``(method, family)``: the lr with the lowest mean log final training loss (diverged = worst)."""
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for (name, family, lr), score in validation_scores(grid).items():
         if (name, family) not in best or score < best[(name, family)][0]:

@@ -3,7 +3,8 @@
     python -m lightning_l2o.report --config configs/eval/suite.yaml --checkpoints '{ff: [a.ckpt, b.ckpt], lstm: l.ckpt}'
 
 Every baseline's learning rate is chosen on ``lr_grid`` per task family on the validation seeds of the
-tuning tasks (never on test seeds); then every learned optimizer (each checkpoint of a method given a list,
+tuning tasks (never on test seeds), and so is every learned optimizer's base lr from ``learned_lr_grid`` where one
+is given (else each runs at its own); then every learned optimizer (each checkpoint of a method given a list,
 one per meta-training seed) and every tuned baseline trains each task preset with each test seed for
 ``steps`` inner steps. ``out_dir`` receives ``results.md`` (mean ± std of final train loss and test
 accuracy, and each learned method paired against tuned Adam on the same test seeds: mean difference, 95 %
@@ -56,6 +57,7 @@ def evaluation_report(
     baselines: Sequence[str] = ("adam", "adamw", "sgd_momentum"),
     lr_grid: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1),
     tuning_tasks: Sequence[str | TaskSpec] | None = None,
+    learned_lr_grid: Sequence[float] | None = None,
     val_seeds: Sequence[int] = (201, 202, 203),
     out_dir: str = "reports/evaluation",
     data_dir: str | None = None,
@@ -75,6 +77,9 @@ def evaluation_report(
         baselines: hand-designed optimizers (``adam``, ``adamw``, ``sgd_momentum``).
         lr_grid: learning rates tried for each baseline.
         tuning_tasks: presets or task entries whose validation seeds choose the baselines' lrs (default: ``tasks``).
+        learned_lr_grid: base lrs tried for each learned optimizer (each checkpoint on its own), chosen on the
+            tuning tasks' validation seeds as the baselines' are; ``None``: each runs at the lr it was meta-trained
+            with. For a rule with ``adam_lr`` the base lr scales Adam's step and the learned term alike.
         val_seeds: validation seeds (must not overlap ``seeds``).
         out_dir: folder of the tables, figures and TensorBoard run.
         data_dir: folder of torchvision datasets (default ``$L2O_DATA_DIR``, else ``./data``).
@@ -87,30 +92,42 @@ def evaluation_report(
     if unknown or not lr_grid or min(lr_grid) <= 0 or steps < 1:
         raise ConfigError(f"baselines must be names from {list(BASELINES)} (unknown: {unknown}), lr_grid positive "
                           f"learning rates and steps >= 1; got {list(lr_grid)}, {steps}")
+    if learned_lr_grid is not None and (not learned_lr_grid or min(learned_lr_grid) <= 0):
+        raise ConfigError(f"learned_lr_grid must be positive learning rates, or null to run each learned optimizer "
+                          f"at its own lr; got {list(learned_lr_grid)}")
     if set(seeds) & set(val_seeds):
         raise ConfigError(f"seeds and val_seeds must be disjoint; both contain {sorted(set(seeds) & set(val_seeds))}")
     test_specs = _specs(tasks, seeds, steps, data_dir)
     val_specs = _specs(tasks if tuning_tasks is None else tuning_tasks, val_seeds, steps, data_dir)
-    runs = len(val_specs) * len(baselines) * len(lr_grid) + len(test_specs) * (len(learned) + len(baselines))
+    tuned_learned = learned if learned_lr_grid else []
+    runs = (len(val_specs) * (len(baselines) * len(lr_grid) + len(tuned_learned) * len(learned_lr_grid or ()))
+            + len(test_specs) * (len(learned) + len(baselines)))
     progress = tqdm(total=runs, desc="evaluation runs", unit="run")
     cache = TrajectoryCache(Path(out_dir) / "runs" if cache_dir is None else cache_dir)
 
-    def run(rule: MetaOptimizer, spec: TaskSpec, method: str, meta_seed: int | None = None) -> Trajectory:
-        progress.set_postfix_str(f"{method}{'' if meta_seed is None else f' #{meta_seed}'} on {spec.name}")
-        trajectory = replace(cache.meta_test(rule, spec, method, device), meta_seed=meta_seed)
+    def run(rule: MetaOptimizer, spec: TaskSpec, method: str, meta_seed: int | None = None,
+            lr: float | None = None) -> Trajectory:
+        progress.set_postfix_str(f"{_label(method, meta_seed)} on {spec.name}")
+        trajectory = replace(cache.meta_test(rule, spec, method, device, lr), meta_seed=meta_seed)
         progress.update()
         return trajectory
 
     grid = {(name, lr, spec.name): run(build_baseline(name, lr), spec, name)
             for spec in val_specs for name in baselines for lr in lr_grid}
+    grid |= {(_label(method, meta_seed), lr, spec.name): run(rule, spec, method, meta_seed, lr)
+             for spec in val_specs for method, meta_seed, rule in tuned_learned for lr in learned_lr_grid}
     tuned = best_lrs(grid)
+
+    def tuned_lr(name: str, spec: TaskSpec) -> float:
+        if (name, spec.family) not in tuned:
+            raise ConfigError(f"no tuning task of family '{spec.family}' for {spec.name}; add one to tuning_tasks")
+        return tuned[(name, spec.family)]
+
     trajectories = []
     for spec in test_specs:
-        trajectories += [run(rule, spec, method, meta_seed) for method, meta_seed, rule in learned]
-        for name in baselines:
-            if (name, spec.family) not in tuned:
-                raise ConfigError(f"no tuning task of family '{spec.family}' for {spec.name}; add one to tuning_tasks")
-            trajectories.append(run(build_baseline(name, tuned[(name, spec.family)]), spec, name))
+        trajectories += [run(rule, spec, method, meta_seed, tuned_lr(_label(method, meta_seed), spec)
+                             if learned_lr_grid else None) for method, meta_seed, rule in learned]
+        trajectories += [run(build_baseline(name, tuned_lr(name, spec)), spec, name) for name in baselines]
     progress.close()
     write_report(trajectories, Path(out_dir), list(dict.fromkeys(method for method, _, _ in learned)))
     return trajectories
@@ -161,6 +178,10 @@ def _load_learned(checkpoints: dict[str, str | list[str]]) -> list[tuple[str, in
                               f"meta-training seed; got {paths}")
         learned += [(name, meta_seed, load_meta_optimizer(path)) for meta_seed, path in enumerate(paths)]
     return learned
+
+
+def _label(method: str, meta_seed: int | None) -> str:
+    return method if meta_seed is None else f"{method} #{meta_seed}"
 
 
 def _specs(tasks: Sequence[str | TaskSpec], seeds: Sequence[int], steps: int, data_dir: str | None) -> list[TaskSpec]:

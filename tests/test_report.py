@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lightning_l2o import FFMetaOptimizer, L2OModule, evaluation
+from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
 from lightning_l2o.report import evaluation_report, main
@@ -94,6 +95,12 @@ def test_a_list_of_checkpoints_is_one_method_over_meta_seeds_paired_with_adam(tm
                                                                                                    "adam": "1"}
 
 
+def test_report_rejects_an_empty_or_negative_learned_lr_grid(tmp_path, fake_cifar10):
+    for grid in ([], [0.01, -1.0]):
+        with pytest.raises(ConfigError, match="learned_lr_grid must be positive"):
+            evaluation_report(tasks=PRESETS, learned_lr_grid=grid, data_dir=str(fake_cifar10), out_dir=str(tmp_path))
+
+
 @pytest.fixture
 def trained(monkeypatch) -> list[str]:
     """The method names of the runs :func:`evaluation.meta_test` actually trains (not read from a cache)."""
@@ -127,6 +134,23 @@ def test_a_report_reads_the_runs_it_has_and_runs_only_a_new_checkpoint(tmp_path,
                                                                                     (1, 102)]
 
 
+def test_a_learned_lr_grid_tunes_each_checkpoints_base_lr_on_the_validation_seeds(tmp_path, fake_cifar10, trained):
+    checkpoints = [_checkpoint(tmp_path, "ff0"), _checkpoint(tmp_path, "ff1")]
+    grid = [1e-4, 0.01, 1.0]
+    trajectories = evaluation_report(
+        checkpoints={"ff": checkpoints}, tasks=["cifar10-depth1"], seeds=[101, 102], steps=3, baselines=["adam"],
+        lr_grid=[0.01], learned_lr_grid=grid, val_seeds=[201], out_dir=str(tmp_path / "report"),
+        data_dir=str(fake_cifar10))
+    assert sorted(trained) == ["adam"] * 3 + ["ff"] * (2 * len(grid) + 2 * 2)  # tuning runs, then the test seeds
+    validation = TaskSpec(preset="cifar10-depth1", horizon=3, data_dir=str(fake_cifar10), seed=201)
+    for meta_seed, path in enumerate(checkpoints):
+        rule = load_meta_optimizer(path)
+        scores = {lr: evaluation.log10_loss(evaluation.meta_test(rule, validation, lr=lr, method="ff").final_loss) for lr in grid}
+        assert len(set(scores.values())) == len(grid)  # the base lr changes the rule's steps
+        chosen = {t.lr for t in trajectories if t.method == "ff" and t.meta_seed == meta_seed}
+        assert chosen == {min(grid, key=scores.get)}
+
+
 def test_cached_runs_are_not_reused_for_other_weights_or_code(tmp_path, monkeypatch, trained):
     cache = evaluation.TrajectoryCache(tmp_path)
     spec, rule = TaskSpec("quadratic", arch={"dim": 3}, horizon=5, seed=1), FFMetaOptimizer(hidden_dim=4, num_layers=1)
@@ -139,6 +163,16 @@ def test_cached_runs_are_not_reused_for_other_weights_or_code(tmp_path, monkeypa
     monkeypatch.setattr(evaluation, "_code_digest", lambda: "other source")
     cache.meta_test(rule, spec, "ff")
     assert trained == ["ff"] * 3 and len(list(tmp_path.iterdir())) == 3
+
+
+def test_a_cached_run_is_kept_per_lr(tmp_path, trained):
+    cache = evaluation.TrajectoryCache(tmp_path)
+    spec, rule = TaskSpec("quadratic", arch={"dim": 3}, horizon=5, seed=1), FFMetaOptimizer(hidden_dim=4, num_layers=1)
+    own = cache.meta_test(rule, spec, "ff")
+    assert cache.meta_test(rule, spec, "ff", lr=rule.lr).losses.tolist() == own.losses.tolist()
+    doubled = cache.meta_test(rule, spec, "ff", lr=2 * rule.lr)
+    assert trained == ["ff", "ff"] and (own.lr, doubled.lr) == (rule.lr, 2 * rule.lr)
+    assert doubled.losses.tolist() != own.losses.tolist()
 
 
 def test_a_cached_run_is_read_under_another_method_name(tmp_path, trained):

@@ -99,8 +99,8 @@ def evaluation_report(
         raise ConfigError(f"seeds and val_seeds must be disjoint; both contain {sorted(set(seeds) & set(val_seeds))}")
     test_specs = _specs(tasks, seeds, steps, data_dir)
     val_specs = _specs(tasks if tuning_tasks is None else tuning_tasks, val_seeds, steps, data_dir)
-    tuned_learned = learned if learned_lr_grid else []
-    runs = (len(val_specs) * (len(baselines) * len(lr_grid) + len(tuned_learned) * len(learned_lr_grid or ()))
+    learned_grid = list(learned_lr_grid or ())
+    runs = (len(val_specs) * (len(baselines) * len(lr_grid) + len(learned) * len(learned_grid))
             + len(test_specs) * (len(learned) + len(baselines)))
     progress = tqdm(total=runs, desc="evaluation runs", unit="run")
     cache = TrajectoryCache(Path(out_dir) / "runs" if cache_dir is None else cache_dir)
@@ -115,7 +115,7 @@ def evaluation_report(
     grid = {(name, lr, spec.name): run(build_baseline(name, lr), spec, name)
             for spec in val_specs for name in baselines for lr in lr_grid}
     grid |= {(_label(method, meta_seed), lr, spec.name): run(rule, spec, method, meta_seed, lr)
-             for spec in val_specs for method, meta_seed, rule in tuned_learned for lr in learned_lr_grid}
+             for spec in val_specs for method, meta_seed, rule in learned for lr in learned_grid}
     tuned = best_lrs(grid)
 
     def tuned_lr(name: str, spec: TaskSpec) -> float:
@@ -126,7 +126,7 @@ def evaluation_report(
     trajectories = []
     for spec in test_specs:
         trajectories += [run(rule, spec, method, meta_seed, tuned_lr(_label(method, meta_seed), spec)
-                             if learned_lr_grid else None) for method, meta_seed, rule in learned]
+                             if learned_grid else None) for method, meta_seed, rule in learned]
         trajectories += [run(build_baseline(name, tuned_lr(name, spec)), spec, name) for name in baselines]
     progress.close()
     write_report(trajectories, Path(out_dir), list(dict.fromkeys(method for method, _, _ in learned)))

@@ -336,7 +336,8 @@ def main() -> None:
                                     "protocol; the evaluated presets themselves tune per preset)")
     report_parser.add_argument("--learned-lr-grid", type=float, nargs="+",
                                help="base lrs tried for each learned optimizer on the tuning presets' validation "
-                                    "seeds (default: each runs at its own lr)")
+                                    "seeds, in the rule's own lr unit (ff_mixture_adam_schedule's 1e-3 is Adam's "
+                                    "1e-2; default: each runs at its own lr)")
     report_parser.add_argument("--name", default="report", help="output folder under benchmarks/results/replication")
     report_parser.add_argument("--baselines", nargs="+", default=["adam", "adamw", "sgd_momentum"])
     report_parser.add_argument("--pretrained", nargs="*", metavar="NAME",

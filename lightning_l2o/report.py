@@ -79,7 +79,9 @@ def evaluation_report(
         tuning_tasks: presets or task entries whose validation seeds choose the baselines' lrs (default: ``tasks``).
         learned_lr_grid: base lrs tried for each learned optimizer (each checkpoint on its own), chosen on the
             tuning tasks' validation seeds as the baselines' are; ``None``: each runs at the lr it was meta-trained
-            with. For a rule with ``adam_lr`` the base lr scales Adam's step and the learned term alike.
+            with. The unit is the rule's own ``lr`` (what ``load_pretrained(..., lr=...)`` takes), not Adam's: a
+            rule with ``adam_lr`` runs Adam's step at ``adam_lr * lr / rule.lr`` (``ff_mixture_adam_schedule``:
+            lr 1e-3 is Adam's 1e-2), so a grid around the rule's lr, e.g. ``[1e-4, 3e-4, 1e-3, 3e-3]`` there.
         val_seeds: validation seeds (must not overlap ``seeds``).
         out_dir: folder of the tables, figures and TensorBoard run.
         data_dir: folder of torchvision datasets (default ``$L2O_DATA_DIR``, else ``./data``).

@@ -85,8 +85,8 @@ class TrajectoryCache:
     the runs it has instead of training them again, and reports that share a folder share their runs.
 
     A run's file is named by a hash of the rule (class, configuration and weights), the task spec (with its seed
-    and horizon), the lr, the device and the source code of this package: any change to the code computes runs afresh. The
-    method's name only labels the file: the same rule run under another name reads the run it has.
+    and horizon), the lr, the device and the source code of this package: any change to the code computes runs
+    afresh. The method's name only labels the file: the same rule run under another name reads the run it has.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -151,8 +151,8 @@ def grid_search(
 
 
 def validation_scores(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, str, float], float]:
-    """Per ``(method, family, lr)`` of a :func:`grid_search` (or of any runs keyed alike): the mean log10 final training loss over its runs
-    (a diverged run counts as ``inf``): the score :func:`best_lrs` minimises."""
+    """Per ``(method, family, lr)`` of a :func:`grid_search` (or of any runs keyed alike): the mean log10 final
+    training loss over its runs (a diverged run counts as ``inf``): the score :func:`best_lrs` minimises."""
     values: dict[tuple[str, str, float], list[float]] = defaultdict(list)
     for (name, lr, _), traj in grid.items():
         values[(name, traj.spec.family, lr)].append(log10_loss(traj.final_loss))

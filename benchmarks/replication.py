@@ -333,8 +333,8 @@ def main() -> None:
     report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
     report_parser.add_argument("--tuning-presets", nargs="+", default=["17"],
                                help="presets whose validation seeds choose every lr (default: task 17, as the seed's "
-                                    "protocol); name the evaluated preset to tune on it, one report per preset (presets "
-                                    "of one family given together share one lr)")
+                                    "protocol); name the evaluated preset to tune on it, one report per preset "
+                                    "(presets of one family given together share one lr)")
     report_parser.add_argument("--learned-lr-grid", type=float, nargs="+",
                                help="base lrs tried for each learned optimizer on the tuning presets' validation "
                                     "seeds, in the rule's own lr unit (ff_mixture_adam_schedule's 1e-3 is Adam's "

@@ -10,8 +10,8 @@ a constant lr equal to the schedule's peak step (the rule's own Adam lr times th
 If the schedule alone collapses like the shipped rule, the learned term is not the cause; if constant Adam at the
 peak collapses too, the size of the step is. The table gives final test accuracy, log10 final training loss and the
 collapse step (the first step ``t`` at which the mean loss over steps ``t - 19 .. t`` is over twice the lowest such
-mean before; "-" if none, as for a run at chance from its start); ``benchmarks/results/schedule_collapse/<--name>.png`` plots the
-loss curves. Runs are read from and added to the report's cache ``benchmarks/results/replication/runs``.
+mean before; "-" if none, as for a run at chance from its start);
+``benchmarks/results/schedule_collapse/<--name>.png`` plots the loss curves. Runs are read from and added to the report's cache ``benchmarks/results/replication/runs``.
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ def test_a_learned_lr_grid_tunes_each_checkpoints_base_lr_on_the_validation_seed
     validation = TaskSpec(preset="cifar10-depth1", horizon=3, data_dir=str(fake_cifar10), seed=201)
     for meta_seed, path in enumerate(checkpoints):
         rule = load_meta_optimizer(path)
-        scores = {lr: evaluation.log10_loss(evaluation.meta_test(rule, validation, lr=lr, method="ff").final_loss) for lr in grid}
+        scores = {lr: evaluation.log10_loss(evaluation.meta_test(rule, validation, lr=lr, method="ff").final_loss)
+                  for lr in grid}
         assert len(set(scores.values())) == len(grid)  # the base lr changes the rule's steps
         chosen = {t.lr for t in trajectories if t.method == "ff" and t.meta_seed == meta_seed}
         assert chosen == {min(grid, key=scores.get)}

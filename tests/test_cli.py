@@ -10,11 +10,19 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from jsonargparse import ArgumentParser
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_l2o import L2OModule, Opt2Vec
 from lightning_l2o.cli import main
 from lightning_l2o.estimators import PersistentES, TruncatedBackprop
+from lightning_l2o.meta_optimizers import (
+    FFMetaOptimizer,
+    LSTMMetaOptimizer,
+    NFNMetaOptimizer,
+    PNAMetaOptimizer,
+    RelationalTransformerMetaOptimizer,
+)
 from tests.conftest import REPO, SHARED_DATA, tiny_datamodule, tiny_trainer
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -84,6 +92,17 @@ def test_bad_config_values_are_reported_by_key_in_one_line(tmp_path, capsys, ove
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Seed set" not in line]
     assert len(errors) == 1 and expected in errors[0], errors
+
+
+@pytest.mark.parametrize("rule", [FFMetaOptimizer, LSTMMetaOptimizer, PNAMetaOptimizer,
+                                  RelationalTransformerMetaOptimizer, NFNMetaOptimizer])
+def test_a_yaml_can_set_every_option_of_a_rule_and_of_its_base_classes(rule):
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(rule, "rule")
+    yaml_options = {action.dest.removeprefix("rule.") for action in parser._actions if action.dest.startswith("rule.")}
+    assert yaml_options == rule.option_names()
+    assert {"hidden_dim", "features", "adam_lr", "adam_schedule", "chunk_size"} <= yaml_options
+    assert parser.parse_args(["--rule.adam_lr=0.01", "--rule.hidden_dim=8"]).rule.adam_lr == 0.01
 
 
 def test_a_misspelt_key_names_where_it_was_given_and_abbreviations_are_refused(tmp_path, capsys):

@@ -52,7 +52,8 @@ def test_unroll_carries_state_and_counts_steps():
 
 
 def test_a_rule_that_reads_the_progress_starts_with_the_tasks_horizon_in_its_state():
-    rule = FFMetaOptimizer("adam", hidden_dim=4, num_layers=1, adam_lr=1e-2, adam_schedule=True, schedule_horizon=True)
+    rule = FFMetaOptimizer(features="adam", hidden_dim=4, num_layers=1, adam_lr=1e-2, adam_schedule=True,
+                           schedule_horizon=True)
     state = InnerState.start(quadratic(37), rule)
     assert state.opt_state[NUM_STEPS_KEY] == 37
     assert NUM_STEPS_KEY in unroll(rule, state, 3, "train").state.opt_state

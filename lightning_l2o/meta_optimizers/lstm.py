@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lightning_l2o.meta_optimizers.base import State
 from lightning_l2o.meta_optimizers.features import ChunkFeatures
 from lightning_l2o.meta_optimizers.linear import linear
-from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE, OUTPUTS, PerParameterOptimizer
+from lightning_l2o.meta_optimizers.per_parameter import OUTPUTS, PerParameterOptimizer
 from lightning_l2o.params import ParamSpace
 
 
@@ -93,21 +93,16 @@ def _stack(tensors: list[Tensor]) -> Tensor:
 class LSTMMetaOptimizer(PerParameterOptimizer):
     """An LSTM over time on each parameter's features (Kofinas et al.'s best: ``hidden_dim=32, num_layers=1``).
 
-    See :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` for the arguments.
+    Args:
+        hidden_dim: size of the LSTM's hidden state.
+        num_layers: number of stacked LSTM cells.
+        options: the other arguments of :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`.
     """
 
     network_state_dims: ClassVar[dict[str, int]] = {"lstm_h": 1, "lstm_c": 1}
 
-    def __init__(
-        self, features: str = "kofinas", hidden_dim: int = 32, num_layers: int = 1, lr: float | None = None,
-        exp_scale: float | None = None, progress_features: bool = False, adam_lr: float | None = None,
-        output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32",
-        adam_scale: bool = False, adam_beta2: float = 0.999, adam_fast_beta2: float | None = None,
-        shape_features: bool = False, adam_schedule: bool = False, schedule_horizon: bool = False,
-    ) -> None:
-        super().__init__(features, hidden_dim, num_layers, lr, exp_scale, progress_features, adam_lr, output_scale,
-                         chunk_size, network_dtype, adam_scale, adam_beta2, adam_fast_beta2, shape_features,
-                         adam_schedule, schedule_horizon)
+    def __init__(self, hidden_dim: int = 32, num_layers: int = 1, **options: Any) -> None:
+        super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, **options)
         self.network = CoordinatewiseLSTM(self.features.num_features, hidden_dim, num_layers, self.num_outputs)
         self.init_output_layer()
 

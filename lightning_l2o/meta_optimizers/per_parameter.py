@@ -20,6 +20,7 @@ so that an untrained random draw takes small steps.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import abstractmethod
 from collections.abc import Iterator
@@ -136,6 +137,7 @@ class PerParameterOptimizer(MetaOptimizer):
         shape_features: bool = False, adam_schedule: bool = False, schedule_horizon: bool = False, **config: Any,
     ) -> None:
         owner = type(self).__name__
+        self._check_options(config)
         feature_set = build_feature_set(features, progress_features, shape_features)
         lr = feature_set.default_step_scale if lr is None else lr
         exp_scale = feature_set.default_step_scale if exp_scale is None else exp_scale
@@ -185,6 +187,23 @@ class PerParameterOptimizer(MetaOptimizer):
         if self.schedule is not None:
             nn.init.zeros_(self.schedule.weight)
             nn.init.zeros_(self.schedule.bias)
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The constructor arguments this rule accepts: those its own and its base classes' ``__init__`` name (a
+        subclass passes the rest on as ``**options``)."""
+        return {name for owner in cls.__mro__ if "__init__" in vars(owner)
+                for name, parameter in inspect.signature(owner.__init__).parameters.items()
+                if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)}
+
+    def _check_options(self, config: dict[str, Any]) -> None:
+        """A :class:`~lightning_l2o.errors.ConfigError` naming each key of ``config`` (the arguments a subclass passes
+        on) that no constructor of this rule accepts, e.g. a misspelt option given to FF in Python."""
+        accepted = self.option_names()
+        unknown = sorted(set(config) - accepted)
+        if unknown:
+            raise ConfigError(f"{type(self).__name__}: unknown option(s) {', '.join(unknown)}; the options are "
+                              f"{', '.join(sorted(accepted))}")
 
     @property
     def num_outputs(self) -> int:

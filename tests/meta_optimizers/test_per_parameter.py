@@ -30,8 +30,10 @@ from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
 LAYOUT = ParamLayout.from_tensors([("w", torch.zeros(3, 4)), ("b", torch.zeros(3))])
 SPACE = ParamSpace.of_layout(LAYOUT)
 RULES = [
-    pytest.param(lambda features, **kw: FFMetaOptimizer(features, hidden_dim=16, num_layers=2, **kw), id="ff"),
-    pytest.param(lambda features, **kw: LSTMMetaOptimizer(features, hidden_dim=8, num_layers=2, **kw), id="lstm"),
+    pytest.param(lambda features, **kw: FFMetaOptimizer(features=features, hidden_dim=16, num_layers=2, **kw),
+                 id="ff"),
+    pytest.param(lambda features, **kw: LSTMMetaOptimizer(features=features, hidden_dim=8, num_layers=2, **kw),
+                 id="lstm"),
 ]
 FEATURES = ["kofinas", "metz", "adam"]
 OPTIONS = {  # every inductive-bias option, alone and together
@@ -228,6 +230,8 @@ def test_unrolled_meta_gradient_reaches_every_weight(make):
     ({"chunk_size": 0}, "chunk_size must be a positive integer, got 0; e.g. 16384"),
     ({"chunk_size": 1.5}, "chunk_size must be a positive integer, got 1.5"),
     ({"network_dtype": "float16"}, "network_dtype must be one of float32, bfloat16, got 'float16'"),
+    ({"adam_lx": 1e-2}, (r"FFMetaOptimizer: unknown option\(s\) adam_lx; the options are adam_beta2, .*adam_lr, "
+                        r".*hidden_dim")),
 ])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -460,8 +464,8 @@ def test_the_meta_gradient_through_chunks_equals_the_unchunked_one(make):
 
 
 @pytest.mark.parametrize("make", [
-    pytest.param(lambda: FFMetaOptimizer("adam", hidden_dim=4, num_layers=1, chunk_size=2), id="ff"),
-    pytest.param(lambda: LSTMMetaOptimizer("adam", hidden_dim=2, chunk_size=2), id="lstm"),
+    pytest.param(lambda: FFMetaOptimizer(features="adam", hidden_dim=4, num_layers=1, chunk_size=2), id="ff"),
+    pytest.param(lambda: LSTMMetaOptimizer(features="adam", hidden_dim=2, chunk_size=2), id="lstm"),
 ])
 def test_the_meta_gradient_through_chunks_matches_central_differences(float64, make):
     """A 3-step unroll (second order included) over 3 chunks: the autograd meta-gradient's derivative along random

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.dense.linear import Linear
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.graphs import NeuralGraph
+from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
 from lightning_l2o.meta_optimizers.base import State, check_positive
 from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures
 from lightning_l2o.meta_optimizers.ff import PerParameterMLP
@@ -97,11 +97,13 @@ class GraphMetaOptimizer(PerParameterOptimizer):
         kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
         max_inputs, max_hidden_layers, max_outputs: size of the position-embedding table.
         options: the arguments of :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`
-            and the subclass's own, recorded for checkpoints.
+            (``adam_lr``, ``output_scale`` and the schedule act on the read-out's output layer; the GNN runs on the
+            whole graph, the read-out in chunks and, with ``network_dtype: bfloat16``, in bf16) and the subclass's
+            own, recorded for checkpoints.
     """
 
-    def __init__(self, head_layers: int | None, kernel_size: int, max_inputs: int, max_hidden_layers: int,
-                 max_outputs: int, **options: Any) -> None:
+    def __init__(self, head_layers: int | None = None, kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024,
+                 max_hidden_layers: int = 32, max_outputs: int = 1024, **options: Any) -> None:
         head_layers = options["num_layers"] if head_layers is None else head_layers
         check_positive(type(self).__name__, head_layers=head_layers, kernel_size=kernel_size, max_inputs=max_inputs,
                        max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)

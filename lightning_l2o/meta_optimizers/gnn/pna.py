@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -10,12 +11,11 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
+from lightning_l2o.graphs import NeuralGraph
 from lightning_l2o.meta_optimizers.gnn.base import GraphMetaOptimizer, GraphNetwork, readout, reset_sequential
 from lightning_l2o.meta_optimizers.gnn.layers import EdgeUpdate, FiLMPNAConv, compose
 from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.lstm import gate_weights, lstm_cell
-from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE
 
 TASK_17_LAYOUT = (1, 16, 32, 32, 10)
 
@@ -103,43 +103,27 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
     ``gnn_h`` and ``gnn_c``, ``(num_layers, N, hidden_dim)``).
 
     Args:
-        features: per-parameter feature set (``kofinas``: 14 features; or ``metz``, ``adam``).
         hidden_dim: node / edge embedding size and the read-out MLP's width.
         num_layers: message-passing layers.
-        head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
-        lr, exp_scale, progress_features, adam_lr, output_scale, chunk_size, network_dtype, adam_scale, adam_beta2,
-        adam_fast_beta2, shape_features, adam_schedule, schedule_horizon: as in
-            :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``adam_lr`` and
-            ``output_scale`` act on the per-parameter MLP's output layer; the GNN runs on the whole graph, the
-            read-out MLP in chunks and, with ``network_dtype: bfloat16``, in bf16).
         aggregators, scalers: PNA's aggregators and degree scalers.
         degree_layout: layer widths of the graph whose degree histogram normalises the scalers (task 17).
-        kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
-        max_inputs, max_hidden_layers, max_outputs: size of the position-embedding table.
         recurrent: an ``nn.LSTMCell`` per layer on the nodes, its ``h, c`` carried from step to step (PNA-LSTM).
+        options: the arguments of :class:`~lightning_l2o.meta_optimizers.gnn.base.GraphMetaOptimizer` (``head_layers``,
+            ``kernel_size``, the position table's size) and of
+            :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``features``, ``lr``,
+            ``adam_lr``, ...), which act on the per-parameter read-out.
     """
 
     def __init__(
-        self, features: str = "kofinas", hidden_dim: int = 64, num_layers: int = 8, head_layers: int | None = None,
-        lr: float | None = None, exp_scale: float | None = None, progress_features: bool = False,
-        adam_lr: float | None = None, output_scale: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
-        network_dtype: str = "float32", adam_scale: bool = False, adam_beta2: float = 0.999,
-        adam_fast_beta2: float | None = None, shape_features: bool = False, adam_schedule: bool = False,
-        schedule_horizon: bool = False, aggregators: Sequence[str] = ("mean", "min", "max", "std"),
+        self, hidden_dim: int = 64, num_layers: int = 8, aggregators: Sequence[str] = ("mean", "min", "max", "std"),
         scalers: Sequence[str] = ("identity", "amplification"), degree_layout: Sequence[int] = TASK_17_LAYOUT,
-        kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024, max_hidden_layers: int = 32,
-        max_outputs: int = 1024, recurrent: bool = False,
+        recurrent: bool = False, **options: Any,
     ) -> None:
         if len(degree_layout) < 2 or min(degree_layout) < 1:
             raise ConfigError(f"PNAMetaOptimizer: degree_layout must list >= 2 positive layer widths, got "
                               f"{degree_layout}")
-        super().__init__(head_layers, kernel_size, max_inputs, max_hidden_layers, max_outputs, features=features,
-                         hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale,
-                         progress_features=progress_features, adam_lr=adam_lr, output_scale=output_scale,
-                         chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale,
-                         adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, shape_features=shape_features,
-                         adam_schedule=adam_schedule, schedule_horizon=schedule_horizon, aggregators=list(aggregators),
-                         scalers=list(scalers), degree_layout=list(degree_layout), recurrent=recurrent)
+        super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, aggregators=list(aggregators),
+                         scalers=list(scalers), degree_layout=list(degree_layout), recurrent=recurrent, **options)
 
     def build_network(self, in_features: int) -> PNANetwork:
         config = self.config

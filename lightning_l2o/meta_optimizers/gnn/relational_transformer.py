@@ -4,15 +4,15 @@ attention of Diao & Loynd 2023)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_l2o.errors import ConfigError
-from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
+from lightning_l2o.graphs import NeuralGraph
 from lightning_l2o.meta_optimizers.gnn.base import GraphMetaOptimizer, GraphNetwork, readout, reset_sequential
-from lightning_l2o.meta_optimizers.per_parameter import DEFAULT_CHUNK_SIZE
 
 
 def _feed_forward(channels: int) -> nn.Sequential:
@@ -162,33 +162,17 @@ class RelationalTransformerMetaOptimizer(GraphMetaOptimizer):
     (PNA's ``[E, E^T, E + E^T]`` input) and the attention logits are scaled by a head's size.
 
     Args:
-        features: per-parameter feature set (``kofinas``: 14 features; or ``metz``, ``adam``).
         hidden_dim: node / edge embedding size and the read-out MLP's width.
         num_layers: transformer layers.
         heads: attention heads; must divide ``hidden_dim``.
-        head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
-        lr, exp_scale, progress_features, adam_lr, output_scale, chunk_size, network_dtype, adam_scale, adam_beta2,
-        adam_fast_beta2, shape_features, adam_schedule, schedule_horizon: as in
-            :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (acting on the read-out).
-        kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
-        max_inputs, max_hidden_layers, max_outputs: size of the position-embedding table.
+        options: the arguments of :class:`~lightning_l2o.meta_optimizers.gnn.base.GraphMetaOptimizer` (``head_layers``,
+            ``kernel_size``, the position table's size) and of
+            :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``features``, ``lr``,
+            ``adam_lr``, ...), which act on the per-parameter read-out.
     """
 
-    def __init__(
-        self, features: str = "kofinas", hidden_dim: int = 32, num_layers: int = 2, heads: int = 4,
-        head_layers: int | None = None, lr: float | None = None, exp_scale: float | None = None,
-        progress_features: bool = False, adam_lr: float | None = None, output_scale: float = 1.0,
-        chunk_size: int = DEFAULT_CHUNK_SIZE, network_dtype: str = "float32", adam_scale: bool = False,
-        adam_beta2: float = 0.999, adam_fast_beta2: float | None = None, shape_features: bool = False,
-        adam_schedule: bool = False, schedule_horizon: bool = False, kernel_size: int = DEFAULT_KERNEL_SIZE,
-        max_inputs: int = 1024, max_hidden_layers: int = 32, max_outputs: int = 1024,
-    ) -> None:
-        super().__init__(head_layers, kernel_size, max_inputs, max_hidden_layers, max_outputs, features=features,
-                         hidden_dim=hidden_dim, num_layers=num_layers, lr=lr, exp_scale=exp_scale,
-                         progress_features=progress_features, adam_lr=adam_lr, output_scale=output_scale,
-                         chunk_size=chunk_size, network_dtype=network_dtype, adam_scale=adam_scale,
-                         adam_beta2=adam_beta2, adam_fast_beta2=adam_fast_beta2, shape_features=shape_features,
-                         adam_schedule=adam_schedule, schedule_horizon=schedule_horizon, heads=heads)
+    def __init__(self, hidden_dim: int = 32, num_layers: int = 2, heads: int = 4, **options: Any) -> None:
+        super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, heads=heads, **options)
 
     def build_network(self, in_features: int) -> RelationalTransformerNetwork:
         config = self.config

@@ -118,6 +118,13 @@ class GraphMetaOptimizer(PerParameterOptimizer):
     def build_network(self, in_features: int) -> GraphNetwork:
         """The GNN, from :attr:`config` and the number of per-parameter features."""
 
+    @property
+    def input_embedding_config(self) -> tuple[int, int, int, int]:
+        """``kernel_size, max_inputs, max_hidden_layers, max_outputs``: the last arguments of every
+        :class:`GraphNetwork`, those of its input embeddings."""
+        config = self.config
+        return config["kernel_size"], config["max_inputs"], config["max_hidden_layers"], config["max_outputs"]
+
     def reset_parameters(self) -> None:
         """The GNN's own init, and PyTorch's default for the read-out but He init for its hidden layers: with the
         default, 8 ReLU layers shrink the input's signal ~10^4-fold and every parameter gets nearly the same

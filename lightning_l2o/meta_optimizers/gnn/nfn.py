@@ -167,8 +167,7 @@ class NFNMetaOptimizer(GraphMetaOptimizer):
     def build_network(self, in_features: int) -> NFNNetwork:
         config = self.config
         return NFNNetwork(in_features, config["hidden_dim"], config["num_layers"], config["optimizee_depth"],
-                          config["kernel_size"], config["max_inputs"], config["max_hidden_layers"],
-                          config["max_outputs"])
+                          *self.input_embedding_config)
 
     @property
     def name(self) -> str:

@@ -128,8 +128,7 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
     def build_network(self, in_features: int) -> PNANetwork:
         config = self.config
         return PNANetwork(in_features, config["hidden_dim"], config["num_layers"], config["aggregators"],
-                          config["scalers"], degree_histogram(config["degree_layout"]), config["kernel_size"],
-                          config["max_inputs"], config["max_hidden_layers"], config["max_outputs"],
+                          config["scalers"], degree_histogram(config["degree_layout"]), *self.input_embedding_config,
                           config["recurrent"])
 
     @property

@@ -172,17 +172,15 @@ class RelationalTransformerMetaOptimizer(GraphMetaOptimizer):
     """
 
     def __init__(self, hidden_dim: int = 32, num_layers: int = 2, heads: int = 4, **options: Any) -> None:
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or hidden_dim % heads:
+            raise ConfigError(f"RelationalTransformerMetaOptimizer: heads must be a positive integer that divides "
+                              f"hidden_dim={hidden_dim}, got heads={heads!r}; e.g. heads: 4 with hidden_dim: 32")
         super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, heads=heads, **options)
 
     def build_network(self, in_features: int) -> RelationalTransformerNetwork:
         config = self.config
-        heads, hidden_dim = config["heads"], config["hidden_dim"]
-        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or hidden_dim % heads:
-            raise ConfigError(f"RelationalTransformerMetaOptimizer: heads must be a positive integer that divides "
-                              f"hidden_dim={hidden_dim}, got heads={heads!r}; e.g. heads: 4 with hidden_dim: 32")
         return RelationalTransformerNetwork(in_features, config["hidden_dim"], config["num_layers"], config["heads"],
-                                            config["kernel_size"], config["max_inputs"], config["max_hidden_layers"],
-                                            config["max_outputs"])
+                                            *self.input_embedding_config)
 
     @property
     def name(self) -> str:

@@ -99,7 +99,7 @@ def test_bad_config_values_are_reported_by_key_in_one_line(tmp_path, capsys, ove
 def test_a_yaml_can_set_every_option_of_a_rule_and_of_its_base_classes(rule):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(rule, "rule")
-    yaml_options = {action.dest.removeprefix("rule.") for action in parser._actions if action.dest.startswith("rule.")}
+    yaml_options = set(vars(parser.get_defaults().rule))
     assert yaml_options == rule.option_names()
     assert {"hidden_dim", "features", "adam_lr", "adam_schedule", "chunk_size"} <= yaml_options
     assert parser.parse_args(["--rule.adam_lr=0.01", "--rule.hidden_dim=8"]).rule.adam_lr == 0.01

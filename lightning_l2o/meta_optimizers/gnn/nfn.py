@@ -147,10 +147,7 @@ class NFNMetaOptimizer(GraphMetaOptimizer):
         hidden_dim: edge / node embedding size and the read-out MLP's width.
         num_layers: NP layers.
         optimizee_depth: weight layers (``Linear`` / ``Conv2d``) of the optimizees (task 17's CNN: 4).
-        options: the arguments of :class:`~lightning_l2o.meta_optimizers.gnn.base.GraphMetaOptimizer` (``head_layers``,
-            ``kernel_size``, the position table's size) and of
-            :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``features``, ``lr``,
-            ``adam_lr``, ...), which act on the per-parameter read-out.
+        options: the arguments of :class:`~lightning_l2o.meta_optimizers.gnn.base.GraphMetaOptimizer` and its base.
     """
 
     def __init__(self, hidden_dim: int = 32, num_layers: int = 3, optimizee_depth: int = TASK_17_DEPTH,

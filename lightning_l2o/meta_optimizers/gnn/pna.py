@@ -108,10 +108,7 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
         aggregators, scalers: PNA's aggregators and degree scalers.
         degree_layout: layer widths of the graph whose degree histogram normalises the scalers (task 17).
         recurrent: an ``nn.LSTMCell`` per layer on the nodes, its ``h, c`` carried from step to step (PNA-LSTM).
-        options: the arguments of :class:`~lightning_l2o.meta_optimizers.gnn.base.GraphMetaOptimizer` (``head_layers``,
-            ``kernel_size``, the position table's size) and of
-            :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``features``, ``lr``,
-            ``adam_lr``, ...), which act on the per-parameter read-out.
+        options: the arguments of :class:`~lightning_l2o.meta_optimizers.gnn.base.GraphMetaOptimizer` and its base.
     """
 
     def __init__(

@@ -165,10 +165,7 @@ class RelationalTransformerMetaOptimizer(GraphMetaOptimizer):
         hidden_dim: node / edge embedding size and the read-out MLP's width.
         num_layers: transformer layers.
         heads: attention heads; must divide ``hidden_dim``.
-        options: the arguments of :class:`~lightning_l2o.meta_optimizers.gnn.base.GraphMetaOptimizer` (``head_layers``,
-            ``kernel_size``, the position table's size) and of
-            :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer` (``features``, ``lr``,
-            ``adam_lr``, ...), which act on the per-parameter read-out.
+        options: the arguments of :class:`~lightning_l2o.meta_optimizers.gnn.base.GraphMetaOptimizer` and its base.
     """
 
     def __init__(self, hidden_dim: int = 32, num_layers: int = 2, heads: int = 4, **options: Any) -> None:

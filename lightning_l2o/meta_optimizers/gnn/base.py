@@ -97,7 +97,7 @@ class GraphMetaOptimizer(PerParameterOptimizer):
         kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
         max_inputs, max_hidden_layers, max_outputs: size of the position-embedding table.
         options: the arguments of :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`
-            (``features``, ``lr``, ``adam_lr``, ...; ``adam_lr``, ``output_scale`` and the schedule act on the
+            (``features``, ``lr``, ...; ``adam_lr``, ``output_scale`` and the schedule act on the
             read-out's output layer; with ``network_dtype: bfloat16`` the read-out runs in bf16) and the subclass's
             own, recorded for checkpoints.
     """

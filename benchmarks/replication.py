@@ -18,7 +18,10 @@ validation seeds, then task 17 and the FashionMNIST width-8 and depth-1 presets 
 minutes per run on a CPU: add them with ``--presets``). Datasets are read from ``$L2O_DATA_DIR``
 (default ``../shared/data``). Results go to ``benchmarks/results/replication/``; every report keeps its runs in
 ``benchmarks/results/replication/runs`` (one shared folder): a killed report resumes where it stopped, and a report
-that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint. ``--pretrained`` evaluates
+that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint. A report longer than a
+session keeps its runs across checkouts when they are committed, a few KB each:
+``git add -f benchmarks/results/replication/runs/*-<preset>_s*.pt``. As the package's source is part of every run's
+key, a later session resumes the report from a worktree at the commit the runs were made with (README names it). ``--pretrained`` evaluates
 the shipped ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the
 paired differences to tuned Adam of one or more reports (or of chosen methods and meta-seeds in them) into
 ``<--name>/generalization.{md,png}``: one row per preset, and test accuracy against width and against depth.

@@ -18,7 +18,8 @@ validation seeds, then task 17 and the FashionMNIST width-8 and depth-1 presets 
 minutes per run on a CPU: add them with ``--presets``). Datasets are read from ``$L2O_DATA_DIR``
 (default ``../shared/data``). Results go to ``benchmarks/results/replication/``; every report keeps its runs in
 ``benchmarks/results/replication/runs`` (one shared folder): a killed report resumes where it stopped, and a report
-that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint. A report longer than a
+that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint; ``--cached-only`` (with
+another ``--name``) writes a report from the runs made so far without running any. A report longer than a
 session keeps its runs across checkouts when they are committed, a few KB each:
 ``git add -f benchmarks/results/replication/runs/*-<preset>_s*.pt``. As the package's source is part of every run's
 key, a later session resumes the report from a checkout with the package source the runs were made with (README
@@ -97,14 +98,14 @@ def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int,
 def report(
     methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
     name: str, baselines: list[str], runs: list[str], pretrained: list[str] | None, tuning_presets: list[str],
-    learned_lr_grid: list[float] | None,
+    learned_lr_grid: list[float] | None, cached_only: bool,
 ) -> None:
     checkpoints = _pretrained(methods, pretrained) if pretrained is not None else _checkpoints(methods, runs)
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", str(tuning_presets),
            "--lr_grid", str(lr_grid), "--learned_lr_grid", "null" if learned_lr_grid is None else str(learned_lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
-           "--checkpoints", str(checkpoints), "--cache_dir", str(OUT / "runs")]
+           "--checkpoints", str(checkpoints), "--cache_dir", str(OUT / "runs"), "--cached_only", str(cached_only)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, env=_env(1), check=True)
 
@@ -349,6 +350,9 @@ def main() -> None:
                                help="evaluate optimizers shipped in the package instead of --runs: the named ones "
                                     "(e.g. ff_mixture_adam_schedule), or with no name each method's "
                                     "<method>_fashion_mnist_task17")
+    report_parser.add_argument("--cached-only", action="store_true",
+                               help="run nothing: write the report (under another --name) from the runs the shared "
+                                    "runs folder already has, e.g. to read a long report while it runs")
     generalization_parser = sub.add_parser("generalization")
     generalization_parser.add_argument("--reports", nargs="+", required=True,
                                        help="report folders under benchmarks/results/replication (written by report), each "
@@ -373,7 +377,7 @@ def main() -> None:
     else:
         report(
             list(METHODS) if args.methods is None else args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
-            args.runs or ["0"], args.pretrained, args.tuning_presets, args.learned_lr_grid,
+            args.runs or ["0"], args.pretrained, args.tuning_presets, args.learned_lr_grid, args.cached_only,
         )
 
 

@@ -97,21 +97,41 @@ class TrajectoryCache:
         """:func:`meta_test` of ``update_rule`` on ``spec`` at ``lr`` (default its own), read from the folder where
         it was run."""
         lr = update_rule.lr if lr is None else float(lr)
-        key = {"rule": _rule_digest(update_rule), "spec": spec.to_dict(), "device": str(device), "code": _code_digest(),
-               "lr": lr}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-        path = self.folder / f"{method}-{spec.name}-{digest}.pt"
-        cached = path if path.is_file() else next(self.folder.glob(f"*-{digest}.pt"), None)
+        digest = _run_digest(update_rule, spec, device, lr)
+        cached = self._load(digest, spec, method)
         if cached is not None:
-            run = torch.load(cached, weights_only=True)
-            return Trajectory(spec, method, run["lr"], run["losses"], run["final"], run["diverged"], run["infos"])
+            return cached
         trajectory = meta_test(update_rule, spec, lr=lr, method=method, device=device)
+        path = self._path(digest, spec, method)
         self.folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         torch.save({"lr": trajectory.lr, "losses": trajectory.losses, "final": trajectory.final,
                     "diverged": trajectory.diverged, "infos": trajectory.infos}, partial)
         os.replace(partial, path)  # whole files only, also with reports running side by side
         return trajectory
+
+    def read(self, update_rule: MetaOptimizer, spec: TaskSpec, method: str, device: torch.device | str = "cpu",
+             lr: float | None = None) -> Trajectory | None:
+        """The run :meth:`meta_test` would read from the folder, or ``None`` where it has not been made."""
+        lr = update_rule.lr if lr is None else float(lr)
+        return self._load(_run_digest(update_rule, spec, device, lr), spec, method)
+
+    def _path(self, digest: str, spec: TaskSpec, method: str) -> Path:
+        return self.folder / f"{method}-{spec.name}-{digest}.pt"
+
+    def _load(self, digest: str, spec: TaskSpec, method: str) -> Trajectory | None:
+        path = self._path(digest, spec, method)
+        cached = path if path.is_file() else next(self.folder.glob(f"*-{digest}.pt"), None)
+        if cached is None:
+            return None
+        run = torch.load(cached, weights_only=True)
+        return Trajectory(spec, method, run["lr"], run["losses"], run["final"], run["diverged"], run["infos"])
+
+
+def _run_digest(update_rule: MetaOptimizer, spec: TaskSpec, device: torch.device | str, lr: float) -> str:
+    key = {"rule": _rule_digest(update_rule), "spec": spec.to_dict(), "device": str(device), "code": _code_digest(),
+           "lr": lr}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _rule_digest(update_rule: MetaOptimizer) -> str:

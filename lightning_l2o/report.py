@@ -63,6 +63,7 @@ def evaluation_report(
     data_dir: str | None = None,
     device: str = "cpu",
     cache_dir: str | None = None,
+    cached_only: bool = False,
 ) -> list[Trajectory]:
     """Write the evaluation report and return every trajectory.
 
@@ -88,6 +89,9 @@ def evaluation_report(
         device: where optimizees train (``cpu``, ``cuda``).
         cache_dir: folder of the runs already made (default ``<out_dir>/runs``); reports that share it share their
             runs (the same rule, task, seed, device and code).
+        cached_only: run nothing; write the report from the test runs ``cache_dir`` already has, e.g. to read a
+            long report while it runs (the paired tables pair the seeds both sides have). Every tuning run must be
+            there.
     """
     learned = _load_learned(checkpoints or {})
     unknown = [b for b in baselines if b not in BASELINES]
@@ -104,20 +108,25 @@ def evaluation_report(
     learned_grid = list(learned_lr_grid or ())
     runs = (len(val_specs) * (len(baselines) * len(lr_grid) + len(learned) * len(learned_grid))
             + len(test_specs) * (len(learned) + len(baselines)))
-    progress = tqdm(total=runs, desc="evaluation runs", unit="run")
+    progress = tqdm(total=runs, desc="evaluation runs", unit="run", disable=cached_only)
     cache = TrajectoryCache(Path(out_dir) / "runs" if cache_dir is None else cache_dir)
 
     def run(rule: MetaOptimizer, spec: TaskSpec, method: str, meta_seed: int | None = None,
-            lr: float | None = None) -> Trajectory:
+            lr: float | None = None) -> Trajectory | None:
         progress.set_postfix_str(f"{_label(method, meta_seed)} on {spec.name}")
-        trajectory = replace(cache.meta_test(rule, spec, method, device, lr), meta_seed=meta_seed)
+        made = cache.read(rule, spec, method, device, lr) if cached_only else cache.meta_test(rule, spec, method,
+                                                                                               device, lr)
         progress.update()
-        return trajectory
+        return None if made is None else replace(made, meta_seed=meta_seed)
 
     grid = {(name, lr, spec.name): run(build_baseline(name, lr), spec, name)
             for spec in val_specs for name in baselines for lr in lr_grid}
     grid |= {(_label(method, meta_seed), lr, spec.name): run(rule, spec, method, meta_seed, lr)
              for spec in val_specs for method, meta_seed, rule in learned for lr in learned_grid}
+    missing = [key for key, trajectory in grid.items() if trajectory is None]
+    if missing:
+        raise ConfigError(f"cached_only: {len(missing)} of {len(grid)} tuning runs are not in {cache.folder} (e.g. "
+                          f"{missing[0]}); run the report without cached_only until its tuning runs are done")
     tuned = best_lrs(grid)
 
     def tuned_lr(name: str, spec: TaskSpec) -> float:
@@ -125,11 +134,17 @@ def evaluation_report(
             raise ConfigError(f"no tuning task of family '{spec.family}' for {spec.name}; add one to tuning_tasks")
         return tuned[(name, spec.family)]
 
-    trajectories = []
+    made = []
     for spec in test_specs:
-        trajectories += [run(rule, spec, method, meta_seed, tuned_lr(_label(method, meta_seed), spec)
-                             if learned_grid else None) for method, meta_seed, rule in learned]
-        trajectories += [run(build_baseline(name, tuned_lr(name, spec)), spec, name) for name in baselines]
+        made += [run(rule, spec, method, meta_seed, tuned_lr(_label(method, meta_seed), spec)
+                     if learned_grid else None) for method, meta_seed, rule in learned]
+        made += [run(build_baseline(name, tuned_lr(name, spec)), spec, name) for name in baselines]
+    trajectories = [t for t in made if t is not None]
+    if cached_only:
+        print(f"cached_only: {len(trajectories)} of {len(made)} test runs are in {cache.folder}; the report has "
+              f"those")
+        if not trajectories:
+            raise ConfigError(f"cached_only: none of the {len(made)} test runs is in {cache.folder} yet")
     progress.close()
     write_report(trajectories, Path(out_dir), list(dict.fromkeys(method for method, _, _ in learned)))
     return trajectories

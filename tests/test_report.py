@@ -134,6 +134,31 @@ def test_a_report_reads_the_runs_it_has_and_runs_only_a_new_checkpoint(tmp_path,
                                                                                     (1, 102)]
 
 
+def test_a_cached_only_report_runs_nothing_and_pairs_the_seeds_both_sides_have(tmp_path, fake_cifar10, trained):
+    checkpoint = _checkpoint(tmp_path, "ff")
+
+    def report(checkpoints, seeds, out, lr_grid=(0.01, 0.1), **kw):
+        return evaluation_report(
+            checkpoints=checkpoints, tasks=["cifar10-depth1"], seeds=seeds, steps=3, baselines=["adam"],
+            lr_grid=lr_grid, val_seeds=[201], out_dir=str(tmp_path / out), data_dir=str(fake_cifar10),
+            cache_dir=str(tmp_path / "runs"), **kw)
+
+    full = report({"ff": checkpoint}, [101], "first") + report({}, [102], "adam_only")
+    trained.clear()
+    partial = report({"ff": checkpoint}, [101, 102, 103], "partial", cached_only=True)
+    assert not trained
+    assert sorted((t.method, t.spec.seed) for t in partial) == [("adam", 101), ("adam", 102), ("ff", 101)]
+    assert [(t.losses.tolist(), t.final) for t in sorted(partial, key=lambda t: (t.method, t.spec.seed))] == [
+        (t.losses.tolist(), t.final) for t in sorted(full, key=lambda t: (t.method, t.spec.seed))]
+    paired = list(csv.DictReader((tmp_path / "partial" / "paired.csv").open()))
+    assert [(r["method"], r["pairs"]) for r in paired] == [("ff", "1")]
+    with pytest.raises(ConfigError, match="1 of 2 tuning runs are not in"):
+        report({}, [101], "other_grid", lr_grid=[0.01, 0.03], cached_only=True)
+    with pytest.raises(ConfigError, match="none of the 1 test runs"):
+        report({}, [104], "no_test_runs", cached_only=True)
+    assert not trained
+
+
 def test_a_learned_lr_grid_tunes_each_checkpoints_base_lr_on_the_validation_seeds(tmp_path, fake_cifar10, trained):
     checkpoints = [_checkpoint(tmp_path, "ff0"), _checkpoint(tmp_path, "ff1")]
     grid = [1e-4, 0.01, 1.0]

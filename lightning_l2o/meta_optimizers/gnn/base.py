@@ -14,10 +14,14 @@ from lightning_l2o.graphs import DEFAULT_KERNEL_SIZE, NeuralGraph
 from lightning_l2o.meta_optimizers.base import State, check_positive
 from lightning_l2o.meta_optimizers.features import ALL, ChunkFeatures
 from lightning_l2o.meta_optimizers.ff import PerParameterMLP
-from lightning_l2o.meta_optimizers.gnn.layers import LayerPositionEmbedding
+from lightning_l2o.meta_optimizers.gnn.layers import GaussianFourierFeatures, LayerPositionEmbedding
 from lightning_l2o.meta_optimizers.linear import linear
 from lightning_l2o.meta_optimizers.per_parameter import PerParameterOptimizer
 from lightning_l2o.params import ParamSpace
+
+INPUT_ENCODINGS = ("linear", "fourier")
+"""How a GNN embeds its edges' and nodes' features: ``linear``, or ``fourier``, through
+:class:`~lightning_l2o.meta_optimizers.gnn.layers.GaussianFourierFeatures` first."""
 
 MEMORY_KEYS = ("gnn_h", "gnn_c")
 """A recurrent GNN's per-node memory in the rule's state, each ``(memory_layers, N, hidden_dim)``."""
@@ -34,7 +38,9 @@ class GraphNetwork(nn.Module):
     Each edge's padded kernel features ``(K*K*F)`` go to :attr:`edge_directions` embeddings in one product
     (``edge_in``): a forward-edge and a reverse-edge embedding (for PNA the projection of ``[E, E^T, E + E^T]``, which
     for a forward edge is ``[e, 0, e]`` and for its reverse ``[0, e, e]``), or only the forward one; bias features
-    ``(F)`` go to node embeddings (``node_in``), plus the layer position embeddings. A subclass adds its layers and
+    ``(F)`` go to node embeddings (``node_in``), plus the layer position embeddings. With ``input_encoding:
+    fourier`` both inputs go through :class:`~lightning_l2o.meta_optimizers.gnn.layers.GaussianFourierFeatures`
+    (``C`` frequencies of standard deviation ``fourier_scale``) before their linear maps. A subclass adds its layers and
     read-outs and implements ``forward(features, graph, memory=None)`` with :meth:`embed_inputs`; a recurrent one
     sets :attr:`memory_layers` and carries a per-node memory from step to step: ``memory`` in, the new memory out
     (``None`` for a network without one).
@@ -54,16 +60,24 @@ class GraphNetwork(nn.Module):
     """Input embeddings per edge: 2, forward and reverse (a GNN whose messages run both ways), or 1, forward."""
 
     def __init__(self, in_features: int, channels: int, kernel_size: int, max_inputs: int, max_hidden_layers: int,
-                 max_outputs: int) -> None:
+                 max_outputs: int, input_encoding: str = "linear", fourier_scale: float = 3.0) -> None:
         super().__init__()
         self.kernel_size = kernel_size
-        self.edge_in = Linear(kernel_size**2 * in_features, self.edge_directions * channels)
+        edge_features = kernel_size**2 * in_features
+        if input_encoding == "fourier":
+            self.edge_fourier = GaussianFourierFeatures(edge_features, channels, fourier_scale)
+            self.node_fourier = GaussianFourierFeatures(in_features, channels, fourier_scale)
+            edge_features = in_features = 2 * channels
+        else:
+            self.edge_fourier = self.node_fourier = None
+        self.edge_in = Linear(edge_features, self.edge_directions * channels)
         self.node_in = Linear(in_features, channels)
         self.positions = LayerPositionEmbedding(channels, max_inputs, max_hidden_layers, max_outputs)
 
     def reset_parameters(self) -> None:
-        for module in (self.edge_in, self.node_in, self.positions):
-            module.reset_parameters()
+        for module in (self.edge_in, self.node_in, self.positions, self.edge_fourier, self.node_fourier):
+            if module is not None:
+                module.reset_parameters()
 
     def embed_inputs(self, features: Tensor, graph: NeuralGraph) -> tuple[Tensor, Tensor]:
         if graph.kernel_size != self.kernel_size:
@@ -71,6 +85,8 @@ class GraphNetwork(nn.Module):
                               f"reads {self.kernel_size}x{self.kernel_size}; build the graph with "
                               f"kernel_size={self.kernel_size}")
         edge_features, node_features = graph.to_graph(features)
+        if self.edge_fourier is not None:
+            edge_features, node_features = self.edge_fourier(edge_features), self.node_fourier(node_features)
         edge_in = linear(edge_features, self.edge_in.weight, self.edge_in.bias)
         return edge_in, self.node_in(node_features) + self.positions(graph)
 
@@ -96,6 +112,9 @@ class GraphMetaOptimizer(PerParameterOptimizer):
         head_layers: hidden layers of the per-parameter read-out MLP (default: ``num_layers``).
         kernel_size: edges carry kernels padded to ``kernel_size x kernel_size``.
         max_inputs, max_hidden_layers, max_outputs: size of the position-embedding table.
+        input_encoding: ``linear`` (the features' linear embedding) or ``fourier`` (Gaussian Fourier features of
+            them first, as the reference's NFN and relational transformer; ``B`` is drawn at construction).
+        fourier_scale: standard deviation of the Fourier features' frequencies (with ``input_encoding: fourier``).
         options: the arguments of :class:`~lightning_l2o.meta_optimizers.per_parameter.PerParameterOptimizer`
             (``features``, ``lr``, ...; ``adam_lr``, ``output_scale`` and the schedule act on the
             read-out's output layer; with ``network_dtype: bfloat16`` the read-out runs in bf16) and the subclass's
@@ -103,12 +122,17 @@ class GraphMetaOptimizer(PerParameterOptimizer):
     """
 
     def __init__(self, head_layers: int | None = None, kernel_size: int = DEFAULT_KERNEL_SIZE, max_inputs: int = 1024,
-                 max_hidden_layers: int = 32, max_outputs: int = 1024, **options: Any) -> None:
+                 max_hidden_layers: int = 32, max_outputs: int = 1024, input_encoding: str = "linear",
+                 fourier_scale: float = 3.0, **options: Any) -> None:
         head_layers = options["num_layers"] if head_layers is None else head_layers
         check_positive(type(self).__name__, head_layers=head_layers, kernel_size=kernel_size, max_inputs=max_inputs,
-                       max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
+                       max_hidden_layers=max_hidden_layers, max_outputs=max_outputs, fourier_scale=fourier_scale)
+        if input_encoding not in INPUT_ENCODINGS:
+            raise ConfigError(f"{type(self).__name__}: input_encoding must be one of {list(INPUT_ENCODINGS)}, got "
+                              f"{input_encoding!r}; e.g. input_encoding: fourier")
         super().__init__(**options, head_layers=head_layers, kernel_size=kernel_size, max_inputs=max_inputs,
-                         max_hidden_layers=max_hidden_layers, max_outputs=max_outputs)
+                         max_hidden_layers=max_hidden_layers, max_outputs=max_outputs, input_encoding=input_encoding,
+                         fourier_scale=fourier_scale)
         num_features, hidden_dim = self.features.num_features, options["hidden_dim"]
         self.network = self.build_network(num_features)
         self.head = PerParameterMLP(hidden_dim + num_features, hidden_dim, head_layers, self.num_outputs)
@@ -119,11 +143,10 @@ class GraphMetaOptimizer(PerParameterOptimizer):
         """The GNN, from :attr:`config` and the number of per-parameter features."""
 
     @property
-    def input_embedding_config(self) -> tuple[int, int, int, int]:
-        """``kernel_size, max_inputs, max_hidden_layers, max_outputs``: the last arguments of every
-        :class:`GraphNetwork`, those of its input embeddings."""
-        config = self.config
-        return config["kernel_size"], config["max_inputs"], config["max_hidden_layers"], config["max_outputs"]
+    def input_embedding_config(self) -> dict[str, Any]:
+        """The keyword arguments of every :class:`GraphNetwork` that configure its input embeddings."""
+        keys = ("kernel_size", "max_inputs", "max_hidden_layers", "max_outputs", "input_encoding", "fourier_scale")
+        return {key: self.config[key] for key in keys}
 
     def reset_parameters(self) -> None:
         """The GNN's own init, and PyTorch's default for the read-out but He init for its hidden layers: with the

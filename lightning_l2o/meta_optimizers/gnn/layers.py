@@ -202,3 +202,35 @@ class LayerPositionEmbedding(nn.Module):
 
     def forward(self, graph: NeuralGraph) -> Tensor:
         return self.weight[self.positions(graph)]
+
+
+class GaussianFourierFeatures(nn.Module):
+    """Random Fourier features of a vector: ``[sin(2 pi x B), cos(2 pi x B)]`` with ``B`` drawn once from
+    ``N(0, scale^2)`` (Tancik et al. 2020), the input encoding of the reference's NFN and relational transformer.
+
+    ``B`` is a buffer, not a meta-parameter: it is kept in checkpoints and never trained (nor perturbed by PES);
+    :meth:`reset_parameters` draws it again.
+
+    Args:
+        in_features: size ``F`` of each input vector.
+        mapping_size: columns ``M`` of ``B``.
+        scale: standard deviation of ``B``'s entries (the reference's: 3).
+
+    Shapes:
+        - input: ``(n, F)``
+        - output: ``(n, 2 M)``
+    """
+
+    def __init__(self, in_features: int, mapping_size: int, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.register_buffer("frequencies", torch.empty(in_features, mapping_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.frequencies.normal_(0.0, self.scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        angles = (2 * math.pi) * (x @ self.frequencies.to(x.dtype))
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)

@@ -111,9 +111,8 @@ class NFNNetwork(GraphNetwork):
 
     edge_directions = 1
 
-    def __init__(self, in_features: int, channels: int, num_layers: int, depth: int, kernel_size: int,
-                 max_inputs: int, max_hidden_layers: int, max_outputs: int) -> None:
-        super().__init__(in_features, channels, kernel_size, max_inputs, max_hidden_layers, max_outputs)
+    def __init__(self, in_features: int, channels: int, num_layers: int, depth: int, **embedding: Any) -> None:
+        super().__init__(in_features, channels, **embedding)
         self.layers = nn.ModuleList(NPLinear(channels, depth) for _ in range(num_layers))
         self.act = nn.ReLU()
 
@@ -164,7 +163,7 @@ class NFNMetaOptimizer(GraphMetaOptimizer):
     def build_network(self, in_features: int) -> NFNNetwork:
         config = self.config
         return NFNNetwork(in_features, config["hidden_dim"], config["num_layers"], config["optimizee_depth"],
-                          *self.input_embedding_config)
+                          **self.input_embedding_config)
 
     @property
     def name(self) -> str:

@@ -49,10 +49,9 @@ class PNANetwork(GraphNetwork):
 
     def __init__(
         self, in_features: int, channels: int, num_layers: int, aggregators: Sequence[str], scalers: Sequence[str],
-        deg: Tensor, kernel_size: int, max_inputs: int, max_hidden_layers: int, max_outputs: int,
-        recurrent: bool = False,
+        deg: Tensor, recurrent: bool = False, **embedding: Any,
     ) -> None:
-        super().__init__(in_features, channels, kernel_size, max_inputs, max_hidden_layers, max_outputs)
+        super().__init__(in_features, channels, **embedding)
         self.convs = nn.ModuleList(FiLMPNAConv(channels, aggregators, scalers, deg) for _ in range(num_layers))
         self.norms = nn.ModuleList(
             normalization_resolver("layer_norm", channels, mode="node") for _ in range(num_layers - 1))
@@ -125,8 +124,8 @@ class PNAMetaOptimizer(GraphMetaOptimizer):
     def build_network(self, in_features: int) -> PNANetwork:
         config = self.config
         return PNANetwork(in_features, config["hidden_dim"], config["num_layers"], config["aggregators"],
-                          config["scalers"], degree_histogram(config["degree_layout"]), *self.input_embedding_config,
-                          config["recurrent"])
+                          config["scalers"], degree_histogram(config["degree_layout"]), config["recurrent"],
+                          **self.input_embedding_config)
 
     @property
     def name(self) -> str:

@@ -128,9 +128,8 @@ class RelationalTransformerNetwork(GraphNetwork):
         - output: forward-edge embeddings ``(E, C)``, node embeddings ``(N, C)`` (and no memory: ``None``)
     """
 
-    def __init__(self, in_features: int, channels: int, num_layers: int, heads: int, kernel_size: int,
-                 max_inputs: int, max_hidden_layers: int, max_outputs: int) -> None:
-        super().__init__(in_features, channels, kernel_size, max_inputs, max_hidden_layers, max_outputs)
+    def __init__(self, in_features: int, channels: int, num_layers: int, heads: int, **embedding: Any) -> None:
+        super().__init__(in_features, channels, **embedding)
         self.layers = nn.ModuleList(RelationalTransformerLayer(channels, heads) for _ in range(num_layers))
         self.edge_out, self.node_out = readout(channels), readout(channels)
 
@@ -177,7 +176,7 @@ class RelationalTransformerMetaOptimizer(GraphMetaOptimizer):
     def build_network(self, in_features: int) -> RelationalTransformerNetwork:
         config = self.config
         return RelationalTransformerNetwork(in_features, config["hidden_dim"], config["num_layers"], config["heads"],
-                                            *self.input_embedding_config)
+                                            **self.input_embedding_config)
 
     @property
     def name(self) -> str:

@@ -130,9 +130,13 @@ class FlatVectorRule(MetaOptimizer):
         return params - lr * self.mix(grads), state, {}
 
 
+ENCODINGS = pytest.mark.parametrize("encoding", ["linear", "fourier"])
+
+
+@ENCODINGS
 @pytest.mark.parametrize("make", GRAPH_RULES)
-def test_forward_and_backward_on_a_tiny_graph_reach_every_weight(make):
-    rule = make()
+def test_forward_and_backward_on_a_tiny_graph_reach_every_weight(make, encoding):
+    rule = make(input_encoding=encoding)
     model = mlp()
     space = ParamSpace.of_module(model)
     params = flat(model).requires_grad_()
@@ -156,10 +160,11 @@ EQUIVARIANCE_CASES = [  # a model and the (layer, following layer) pairs whose h
 ]
 
 
+@ENCODINGS
 @pytest.mark.parametrize(("make_model", "pairs"), EQUIVARIANCE_CASES)
 @pytest.mark.parametrize("make", GRAPH_RULES)
-def test_permuting_hidden_neurons_permutes_the_update(make, make_model, pairs):
-    assert permutation_error(make(), make_model(), pairs) < 1e-5
+def test_permuting_hidden_neurons_permutes_the_update(make, make_model, pairs, encoding):
+    assert permutation_error(make(input_encoding=encoding), make_model(), pairs) < 1e-5
 
 
 @pytest.mark.parametrize("make", GRAPH_RULES)
@@ -334,6 +339,30 @@ def test_gnn_output_scale_shrinks_the_first_update_and_keeps_a_random_draw_finit
 @pytest.mark.parametrize("make", GRAPH_RULES)
 def test_every_option_of_the_gnn_round_trips_through_a_checkpoint_config_and_deploys(make, options):
     check_round_trip_and_deploy(make(**options), model=mlp)
+
+
+@pytest.mark.parametrize("make", GRAPH_RULES)
+def test_fourier_inputs_keep_their_frequencies_out_of_the_meta_parameters_and_in_the_checkpoint(make):
+    rule = make(input_encoding="fourier", fourier_scale=2.0)
+    network = rule.network
+    assert (network.edge_in.in_channels, network.node_in.in_channels) == (32, 32)  # 2 x hidden_dim 16
+    frequencies = {name for name, _ in rule.named_buffers() if name.endswith("frequencies")}
+    assert frequencies == {"network.edge_fourier.frequencies", "network.node_fourier.frequencies"}
+    assert frequencies <= set(rule.state_dict()) and not frequencies & {name for name, _ in rule.named_parameters()}
+    assert network.edge_fourier.frequencies.std() == pytest.approx(2.0, rel=0.15)
+    check_round_trip_and_deploy(rule, model=mlp)  # the rebuilt rule draws others; the checkpoint's replace them
+    assert not torch.equal(make(input_encoding="fourier").network.node_fourier.frequencies,
+                           network.node_fourier.frequencies)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"input_encoding": "fft"}, "input_encoding must be one of \\['linear', 'fourier'\\], got 'fft'"),
+    ({"input_encoding": "fourier", "fourier_scale": 0.0}, "fourier_scale must be > 0, got 0.0"),
+])
+@pytest.mark.parametrize("make", GRAPH_RULES)
+def test_a_bad_input_encoding_is_refused_with_the_key(make, options, message):
+    with pytest.raises(ConfigError, match=message):
+        make(**options)
 
 
 @pytest.mark.parametrize("make", GRAPH_RULES)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch_geometric.nn.dense.linear import Linear
 
 from lightning_l2o.compiled_kernels import fused_kernels
-from lightning_l2o.meta_optimizers.gnn import EdgeUpdate, FiLMPNAConv, degree_histogram
+from lightning_l2o.meta_optimizers.gnn import EdgeUpdate, FiLMPNAConv, GaussianFourierFeatures, degree_histogram
 from lightning_l2o.meta_optimizers.gnn.layers import compose
 
 
@@ -68,3 +68,16 @@ def test_conv_on_target_sorted_edges_with_their_pointer_equals_scatter_in_value_
         assert not torch.allclose(conv(*sorted_inputs, target_ptr=moved), conv(*sorted_inputs, target_ptr=ptr))
     with torch.no_grad(), fused_kernels(False):  # the eager path without one (a deployed step) runs by scatter
         torch.testing.assert_close(conv(*sorted_inputs, target_ptr=moved), conv(*sorted_inputs, target_ptr=ptr))
+
+
+def test_gaussian_fourier_features_are_sines_and_cosines_of_a_fixed_projection():
+    torch.manual_seed(0)
+    encode = GaussianFourierFeatures(in_features=5, mapping_size=7, scale=3.0)
+    x = torch.randn(4, 5)
+    angles = 2 * torch.pi * x @ encode.frequencies
+    torch.testing.assert_close(encode(x), torch.cat([angles.sin(), angles.cos()], dim=1))
+    assert encode(x).shape == (4, 14) and not list(encode.parameters())
+    torch.testing.assert_close(encode(torch.zeros(1, 5)), torch.cat([torch.zeros(1, 7), torch.ones(1, 7)], dim=1))
+    drawn = encode.frequencies.clone()
+    encode.reset_parameters()
+    assert not torch.equal(encode.frequencies, drawn)

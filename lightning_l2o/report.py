@@ -110,14 +110,14 @@ def evaluation_report(
             + len(test_specs) * (len(learned) + len(baselines)))
     progress = tqdm(total=runs, desc="evaluation runs", unit="run", disable=cached_only)
     cache = TrajectoryCache(Path(out_dir) / "runs" if cache_dir is None else cache_dir)
+    fetch = cache.read if cached_only else cache.meta_test
 
     def run(rule: MetaOptimizer, spec: TaskSpec, method: str, meta_seed: int | None = None,
             lr: float | None = None) -> Trajectory | None:
         progress.set_postfix_str(f"{_label(method, meta_seed)} on {spec.name}")
-        made = cache.read(rule, spec, method, device, lr) if cached_only else cache.meta_test(rule, spec, method,
-                                                                                               device, lr)
+        trajectory = fetch(rule, spec, method, device, lr)
         progress.update()
-        return None if made is None else replace(made, meta_seed=meta_seed)
+        return None if trajectory is None else replace(trajectory, meta_seed=meta_seed)
 
     grid = {(name, lr, spec.name): run(build_baseline(name, lr), spec, name)
             for spec in val_specs for name in baselines for lr in lr_grid}
@@ -141,7 +141,7 @@ def evaluation_report(
         made += [run(build_baseline(name, tuned_lr(name, spec)), spec, name) for name in baselines]
     trajectories = [t for t in made if t is not None]
     if cached_only:
-        print(f"cached_only: {len(trajectories)} of {len(made)} test runs are in {cache.folder}; the report has "
+        print(f"cached_only: {len(trajectories)} of {len(made)} test runs are in {cache.folder}; the report covers "
               f"those")
         if not trajectories:
             raise ConfigError(f"cached_only: none of the {len(made)} test runs is in {cache.folder} yet")

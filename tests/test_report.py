@@ -247,6 +247,19 @@ def test_shipped_small_tasks_config_runs_from_the_command_line(tmp_path):
     assert "mlp-digits-hidden64x32 | opt2vec | — | 2 |" in (tmp_path / "results.md").read_text()
 
 
+def test_cached_only_from_the_command_line_reads_a_finished_report_and_refuses_an_empty_cache(tmp_path, capsys):
+    args = ["--tasks=[{family: quadratic, arch: {dim: 3}}]", "--seeds=[101, 102]", "--steps=5", "--lr_grid=[0.01]",
+            "--val_seeds=[201]", "--baselines=[adam]", f"--cache_dir={tmp_path / 'runs'}"]
+    main([*args, f"--out_dir={tmp_path / 'full'}"])
+    main([*args, f"--out_dir={tmp_path / 'read'}", "--cached_only=true"])
+    assert "cached_only: 2 of 2 test runs are in" in capsys.readouterr().out
+    assert (tmp_path / "read" / "results.csv").read_text() == (tmp_path / "full" / "results.csv").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, f"--cache_dir={tmp_path / 'empty'}", f"--out_dir={tmp_path / 'none'}", "--cached_only=true"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "1 of 1 tuning runs are not in" in err and "Traceback" not in err
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([f"--checkpoints={{ff: {tmp_path / 'nope.ckpt'}}}", f"--out_dir={tmp_path}"])

@@ -27,6 +27,13 @@ MEMORY_KEYS = ("gnn_h", "gnn_c")
 """A recurrent GNN's per-node memory in the rule's state, each ``(memory_layers, N, hidden_dim)``."""
 
 
+def check_input_encoding(owner: str, input_encoding: str) -> None:
+    """Raise a :class:`ConfigError` naming ``owner`` unless ``input_encoding`` is one of :data:`INPUT_ENCODINGS`."""
+    if input_encoding not in INPUT_ENCODINGS:
+        raise ConfigError(f"{owner}: input_encoding must be one of {list(INPUT_ENCODINGS)}, got {input_encoding!r}; "
+                          f"e.g. input_encoding: fourier")
+
+
 def readout(channels: int) -> nn.Sequential:
     """The two-layer MLP that turns a GNN's final edge or node embeddings into the read-out's inputs."""
     return nn.Sequential(Linear(channels, channels), nn.ReLU(), Linear(channels, channels))
@@ -62,6 +69,8 @@ class GraphNetwork(nn.Module):
     def __init__(self, in_features: int, channels: int, kernel_size: int, max_inputs: int, max_hidden_layers: int,
                  max_outputs: int, input_encoding: str = "linear", fourier_scale: float = 3.0) -> None:
         super().__init__()
+        check_input_encoding(type(self).__name__, input_encoding)
+        check_positive(type(self).__name__, fourier_scale=fourier_scale)
         self.kernel_size = kernel_size
         edge_features = kernel_size**2 * in_features
         if input_encoding == "fourier":
@@ -127,9 +136,7 @@ class GraphMetaOptimizer(PerParameterOptimizer):
         head_layers = options["num_layers"] if head_layers is None else head_layers
         check_positive(type(self).__name__, head_layers=head_layers, kernel_size=kernel_size, max_inputs=max_inputs,
                        max_hidden_layers=max_hidden_layers, max_outputs=max_outputs, fourier_scale=fourier_scale)
-        if input_encoding not in INPUT_ENCODINGS:
-            raise ConfigError(f"{type(self).__name__}: input_encoding must be one of {list(INPUT_ENCODINGS)}, got "
-                              f"{input_encoding!r}; e.g. input_encoding: fourier")
+        check_input_encoding(type(self).__name__, input_encoding)
         super().__init__(**options, head_layers=head_layers, kernel_size=kernel_size, max_inputs=max_inputs,
                          max_hidden_layers=max_hidden_layers, max_outputs=max_outputs, input_encoding=input_encoding,
                          fourier_scale=fourier_scale)

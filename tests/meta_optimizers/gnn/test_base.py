@@ -24,7 +24,14 @@ from lightning_l2o import (
 )
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.meta_optimizers import MetaOptimizer, State
-from lightning_l2o.meta_optimizers.gnn import GraphMetaOptimizer
+from lightning_l2o.meta_optimizers.gnn import (
+    GraphMetaOptimizer,
+    GraphNetwork,
+    NFNNetwork,
+    PNANetwork,
+    RelationalTransformerNetwork,
+    degree_histogram,
+)
 from lightning_l2o.meta_optimizers.gnn.base import MEMORY_KEYS
 from lightning_l2o.optim import LearnedOptimizer
 from lightning_l2o.params import ParamLayout, ParamSpace
@@ -363,6 +370,25 @@ def test_fourier_inputs_keep_their_frequencies_out_of_the_meta_parameters_and_in
 def test_a_bad_input_encoding_is_refused_with_the_key(make, options, message):
     with pytest.raises(ConfigError, match=message):
         make(**options)
+
+
+NETWORKS = {
+    "PNANetwork": lambda **embedding: PNANetwork(4, 8, 1, ["mean"], ["identity"], degree_histogram([2, 3]), **embedding),
+    "RelationalTransformerNetwork": lambda **embedding: RelationalTransformerNetwork(4, 8, 1, 2, **embedding),
+    "NFNNetwork": lambda **embedding: NFNNetwork(4, 8, 1, 2, **embedding),
+}
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"input_encoding": "fft"}, "input_encoding must be one of \\['linear', 'fourier'\\], got 'fft'"),
+    ({"input_encoding": "fourier", "fourier_scale": -1.0}, "fourier_scale must be > 0, got -1.0"),
+])
+@pytest.mark.parametrize("name", NETWORKS)
+def test_a_network_built_on_its_own_refuses_a_bad_input_encoding_too(name, options, message):
+    embedding = {"kernel_size": 3, "max_inputs": 4, "max_hidden_layers": 4, "max_outputs": 4}
+    assert isinstance(NETWORKS[name](**embedding, input_encoding="fourier"), GraphNetwork)
+    with pytest.raises(ConfigError, match=f"{name}: {message}"):
+        NETWORKS[name](**embedding, **options)
 
 
 @pytest.mark.parametrize("make", GRAPH_RULES)

@@ -7,6 +7,8 @@ import hashlib
 import json
 import math
 import os
+import socket
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, inner_step
 
 DIVERGENCE_FACTOR = 1e6
+LOCK_WRITE_SECONDS = 60.0
+"""A run lock without a readable host and pid older than this is a killed process's."""
 
 
 @dataclass
@@ -87,28 +91,51 @@ class TrajectoryCache:
     A run's file is named by a hash of the rule (class, configuration and weights), the task spec (with its seed
     and horizon), the lr, the device and the source code of this package: any change to the code computes runs
     afresh. The method's name only labels the file: the same rule run under another name reads the run it has.
+
+    Processes sharing the folder make each run once: while one trains a run it holds ``<hash>.lock`` (its host and
+    pid) in the folder. :meth:`meta_test` waits for a run another live process is making and reads it;
+    :meth:`try_meta_test` returns ``None`` for it at once, so that the caller can do other runs first. The lock of a
+    process that is gone (killed) on this host is taken over; one left on another host sharing the folder must be
+    deleted by hand.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, poll_seconds: float = 5.0) -> None:
         self.folder = Path(folder)
+        self.poll_seconds = poll_seconds
 
     def meta_test(self, update_rule: MetaOptimizer, spec: TaskSpec, method: str, device: torch.device | str = "cpu",
                   lr: float | None = None) -> Trajectory:
         """:func:`meta_test` of ``update_rule`` on ``spec`` at ``lr`` (default its own), read from the folder where
-        it was run."""
+        it was run, and waited for (every ``poll_seconds``) where another process is running it."""
+        while (trajectory := self.try_meta_test(update_rule, spec, method, device, lr)) is None:
+            time.sleep(self.poll_seconds)
+        return trajectory
+
+    def try_meta_test(self, update_rule: MetaOptimizer, spec: TaskSpec, method: str,
+                      device: torch.device | str = "cpu", lr: float | None = None) -> Trajectory | None:
+        """:meth:`meta_test`, or ``None`` at once where another live process is running it."""
         lr = update_rule.lr if lr is None else float(lr)
         digest = _run_digest(update_rule, spec, device, lr)
         cached = self._load(digest, spec, method)
         if cached is not None:
             return cached
-        trajectory = meta_test(update_rule, spec, lr=lr, method=method, device=device)
-        path = self._path(digest, spec, method)
         self.folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        torch.save({"lr": trajectory.lr, "losses": trajectory.losses, "final": trajectory.final,
-                    "diverged": trajectory.diverged, "infos": trajectory.infos}, partial)
-        os.replace(partial, path)  # whole files only, also with reports running side by side
-        return trajectory
+        lock = self.folder / f"{digest}.lock"
+        if not _claim(lock):
+            return None
+        try:
+            cached = self._load(digest, spec, method)  # made by another process between the read and the claim
+            if cached is not None:
+                return cached
+            trajectory = meta_test(update_rule, spec, lr=lr, method=method, device=device)
+            path = self._path(digest, spec, method)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            torch.save({"lr": trajectory.lr, "losses": trajectory.losses, "final": trajectory.final,
+                        "diverged": trajectory.diverged, "infos": trajectory.infos}, partial)
+            os.replace(partial, path)  # whole files only, also with reports running side by side
+            return trajectory
+        finally:
+            lock.unlink(missing_ok=True)
 
     def read(self, update_rule: MetaOptimizer, spec: TaskSpec, method: str, device: torch.device | str = "cpu",
              lr: float | None = None) -> Trajectory | None:
@@ -126,6 +153,47 @@ class TrajectoryCache:
             return None
         run = torch.load(cached, weights_only=True)
         return Trajectory(spec, method, run["lr"], run["losses"], run["final"], run["diverged"], run["infos"])
+
+
+def _claim(lock: Path) -> bool:
+    """Create ``lock`` for this process; ``False`` where a live process holds it (a gone one's is taken over)."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _holder_alive(lock):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as file:
+            file.write(f"{socket.gethostname()} {os.getpid()}")
+        return True
+    return False
+
+
+def _holder_alive(lock: Path) -> bool:
+    """Whether the process named in ``lock`` may still be running (on another host: assumed so)."""
+    try:
+        host, pid = lock.read_text().split()
+        pid = int(pid)
+    except FileNotFoundError:
+        return False
+    except ValueError:  # written between its holder's create and write, or cut short by a kill
+        try:
+            return time.time() - lock.stat().st_mtime < LOCK_WRITE_SECONDS
+        except FileNotFoundError:
+            return False
+    if host != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
 
 
 def _run_digest(update_rule: MetaOptimizer, spec: TaskSpec, device: torch.device | str, lr: float) -> str:

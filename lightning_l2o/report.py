@@ -12,7 +12,8 @@ confidence interval, wins / losses, verdict), ``results.csv`` (one row per run),
 ``paired.csv``, ``curves.csv``, ``loss_curves.png`` and a TensorBoard run (``tensorboard --logdir <out_dir>``).
 A diverging optimizer is recorded as diverged, not raised. Every run is kept in ``cache_dir``
 (:class:`~lightning_l2o.evaluation.TrajectoryCache`): a killed report resumes where it stopped when started again,
-and a report that adds a checkpoint to an earlier one's list only runs the new checkpoint.
+a report that adds a checkpoint to an earlier one's list only runs the new checkpoint, and reports started side by
+side on one ``cache_dir`` (e.g. the same command twice, one per core) share out the runs, each made once.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from lightning_l2o.tasks import TaskSpec, build_task
 
 REFERENCE = "adam"
 """The baseline every learned method is paired against in ``results.md`` and ``paired.csv``."""
+Job = tuple[MetaOptimizer, TaskSpec, str, "int | None", "float | None"]
+"""One run of a report: the rule, the task, the method's name, its meta-seed and lr (``None``: the rule's own)."""
 
 
 def evaluation_report(
@@ -88,7 +91,8 @@ def evaluation_report(
         data_dir: folder of torchvision datasets (default ``$L2O_DATA_DIR``, else ``./data``).
         device: where optimizees train (``cpu``, ``cuda``).
         cache_dir: folder of the runs already made (default ``<out_dir>/runs``); reports that share it share their
-            runs (the same rule, task, seed, device and code).
+            runs (the same rule, task, seed, device and code), also while running side by side: a run another
+            report is making is left to it and read when it lands.
         cached_only: run nothing; write the report from the test runs ``cache_dir`` already has, e.g. to read a
             long report while it runs (the paired tables pair the seeds both sides have). Every tuning run must be
             there.
@@ -110,19 +114,28 @@ def evaluation_report(
             + len(test_specs) * (len(learned) + len(baselines)))
     progress = tqdm(total=runs, desc="evaluation runs", unit="run", disable=cached_only)
     cache = TrajectoryCache(Path(out_dir) / "runs" if cache_dir is None else cache_dir)
-    fetch = cache.read if cached_only else cache.meta_test
+    fetch = cache.read if cached_only else cache.try_meta_test
 
-    def run(rule: MetaOptimizer, spec: TaskSpec, method: str, meta_seed: int | None = None,
-            lr: float | None = None) -> Trajectory | None:
-        progress.set_postfix_str(f"{_label(method, meta_seed)} on {spec.name}")
-        trajectory = fetch(rule, spec, method, device, lr)
-        progress.update()
-        return None if trajectory is None else replace(trajectory, meta_seed=meta_seed)
+    def run_all(jobs: list[Job]) -> list[Trajectory | None]:
+        """Each job's run, read or made; a run another process is making is taken up after the others."""
+        made = []
+        for rule, spec, method, meta_seed, lr in jobs:
+            progress.set_postfix_str(f"{_label(method, meta_seed)} on {spec.name}")
+            made.append(fetch(rule, spec, method, device, lr))
+            progress.update(int(made[-1] is not None))
+        for index, (rule, spec, method, meta_seed, lr) in enumerate(jobs):
+            if made[index] is None and not cached_only:
+                progress.set_postfix_str(f"{_label(method, meta_seed)} on {spec.name}, made by another process")
+                made[index] = cache.meta_test(rule, spec, method, device, lr)
+                progress.update()
+        return [None if t is None else replace(t, meta_seed=job[3]) for t, job in zip(made, jobs)]
 
-    grid = {(name, lr, spec.name): run(build_baseline(name, lr), spec, name)
-            for spec in val_specs for name in baselines for lr in lr_grid}
-    grid |= {(_label(method, meta_seed), lr, spec.name): run(rule, spec, method, meta_seed, lr)
-             for spec in val_specs for method, meta_seed, rule in learned for lr in learned_grid}
+    val_jobs = [(build_baseline(name, lr), spec, name, None, lr)
+                for spec in val_specs for name in baselines for lr in lr_grid]
+    val_jobs += [(rule, spec, method, meta_seed, lr)
+                 for spec in val_specs for method, meta_seed, rule in learned for lr in learned_grid]
+    grid = {(_label(method, meta_seed), lr, spec.name): trajectory
+            for (_, spec, method, meta_seed, lr), trajectory in zip(val_jobs, run_all(val_jobs))}
     missing = [key for key, trajectory in grid.items() if trajectory is None]
     if missing:
         raise ConfigError(f"cached_only: {len(missing)} of {len(grid)} tuning runs are not in {cache.folder} (e.g. "
@@ -134,11 +147,12 @@ def evaluation_report(
             raise ConfigError(f"no tuning task of family '{spec.family}' for {spec.name}; add one to tuning_tasks")
         return tuned[(name, spec.family)]
 
-    made = []
+    test_jobs: list[Job] = []
     for spec in test_specs:
-        made += [run(rule, spec, method, meta_seed, tuned_lr(_label(method, meta_seed), spec)
-                     if learned_grid else None) for method, meta_seed, rule in learned]
-        made += [run(build_baseline(name, tuned_lr(name, spec)), spec, name) for name in baselines]
+        test_jobs += [(rule, spec, method, meta_seed, tuned_lr(_label(method, meta_seed), spec) if learned_grid else None)
+                      for method, meta_seed, rule in learned]
+        test_jobs += [(build_baseline(name, tuned_lr(name, spec)), spec, name, None, None) for name in baselines]
+    made = run_all(test_jobs)
     trajectories = [t for t in made if t is not None]
     if cached_only:
         print(f"cached_only: {len(trajectories)} of {len(made)} test runs are in {cache.folder}; the report covers "

@@ -1,9 +1,27 @@
 import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
 
-from lightning_l2o.evaluation import best_lrs, grid_search, log10_loss, meta_test, summarize, validation_scores
+from lightning_l2o import evaluation
+from lightning_l2o.evaluation import (
+    LOCK_WRITE_SECONDS,
+    TrajectoryCache,
+    _run_digest,
+    best_lrs,
+    grid_search,
+    log10_loss,
+    meta_test,
+    summarize,
+    validation_scores,
+)
 from lightning_l2o.meta_optimizers import Opt2Vec, SGDMomentum
 from lightning_l2o.tasks import TaskSpec
 
@@ -43,3 +61,67 @@ def test_meta_test_runs_under_inference_mode():
     with torch.inference_mode():
         traj = meta_test(Opt2Vec(), SPEC)
     assert not traj.diverged
+
+
+def _run_files(folder) -> list[str]:
+    return sorted(path.name for path in folder.glob("*.pt"))
+
+
+@pytest.fixture
+def sleeper():
+    """A live process of this host (a run lock's holder), killed after the test."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_run_another_live_process_is_making_is_left_to_it_then_read_when_it_lands(tmp_path, sleeper, monkeypatch):
+    made_elsewhere = TrajectoryCache(tmp_path / "elsewhere").meta_test(SGDMomentum(lr=0.05), SPEC, "sgd")
+    cache = TrajectoryCache(tmp_path / "runs", poll_seconds=0.05)
+    digest = _run_digest(SGDMomentum(lr=0.05), SPEC, "cpu", 0.05)
+    (tmp_path / "runs").mkdir()
+    lock = tmp_path / "runs" / f"{digest}.lock"
+    lock.write_text(f"{socket.gethostname()} {sleeper.pid}")
+    assert cache.try_meta_test(SGDMomentum(lr=0.05), SPEC, "sgd") is None
+    assert _run_files(tmp_path / "runs") == [] and lock.exists()
+
+    def land() -> None:  # the holder finishes: its run file appears, its lock goes
+        time.sleep(0.3)
+        (run,) = (tmp_path / "elsewhere").glob("*.pt")
+        shutil.copy(run, tmp_path / "runs" / run.name)
+        lock.unlink()
+
+    monkeypatch.setattr(evaluation, "meta_test", lambda *a, **kw: pytest.fail("the run was made twice"))
+    landing = threading.Thread(target=land)
+    landing.start()
+    waited = cache.meta_test(SGDMomentum(lr=0.05), SPEC, "sgd")
+    landing.join()
+    assert waited.losses.tolist() == made_elsewhere.losses.tolist() and waited.final_loss == made_elsewhere.final_loss
+
+
+@pytest.mark.parametrize("holder", ["exited", "unreadable and old"])
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, holder):
+    cache = TrajectoryCache(tmp_path)
+    lock = tmp_path / f"{_run_digest(SGDMomentum(lr=0.05), SPEC, 'cpu', 0.05)}.lock"
+    if holder == "exited":
+        exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                text=True, check=True)
+        lock.write_text(f"{socket.gethostname()} {int(exited.stdout)}")
+    else:
+        lock.write_text("")
+        old = time.time() - 2 * LOCK_WRITE_SECONDS
+        os.utime(lock, (old, old))
+    run = cache.try_meta_test(SGDMomentum(lr=0.05), SPEC, "sgd")
+    assert run is not None and not run.diverged
+    assert len(_run_files(tmp_path)) == 1 and not lock.exists()
+
+
+def test_a_fresh_unreadable_lock_or_one_from_another_host_is_respected(tmp_path):
+    cache = TrajectoryCache(tmp_path)
+    lock = tmp_path / f"{_run_digest(SGDMomentum(lr=0.05), SPEC, 'cpu', 0.05)}.lock"
+    lock.write_text("")  # its holder is between creating and writing it
+    assert cache.try_meta_test(SGDMomentum(lr=0.05), SPEC, "sgd") is None
+    lock.write_text(f"not-{socket.gethostname()} 1")
+    assert cache.try_meta_test(SGDMomentum(lr=0.05), SPEC, "sgd") is None
+    assert _run_files(tmp_path) == []

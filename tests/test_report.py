@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
+import time
 
 import pytest
 import torch
@@ -208,6 +210,43 @@ def test_a_cached_run_is_read_under_another_method_name(tmp_path, trained):
     renamed = cache.meta_test(rule, spec, "ff_renamed")
     assert trained == ["ff"] and renamed.method == "ff_renamed"
     assert renamed.losses.tolist() == first.losses.tolist() and renamed.final_loss == first.final_loss
+
+
+def _report_beside_another(cache_dir: str, out_dir: str, start, made) -> None:
+    """A report started at the same moment as another on one ``cache_dir`` (a spawned process's target): puts the
+    runs it made itself (not read) and every run of its report on ``made``."""
+    mine = []
+    meta_test = evaluation.meta_test
+
+    def recording(rule, spec, **kw):
+        mine.append((kw["method"], spec.seed, kw["lr"]))
+        time.sleep(0.2)  # so that the two reports overlap
+        return meta_test(rule, spec, **kw)
+
+    evaluation.meta_test = recording
+    start.wait()
+    trajectories = evaluation_report(
+        tasks=[TaskSpec("quadratic", arch={"dim": 5})], seeds=list(range(101, 107)), steps=20,
+        baselines=["adam", "sgd_momentum"], lr_grid=[0.01, 0.1], val_seeds=[201, 202], out_dir=out_dir,
+        cache_dir=cache_dir)
+    made.put((mine, [(t.method, t.spec.seed, t.lr, t.losses.tolist()) for t in trajectories]))
+
+
+def test_reports_side_by_side_on_one_cache_make_each_run_once(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    start, made = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=_report_beside_another, args=(
+        str(tmp_path / "runs"), str(tmp_path / f"report{i}"), start, made)) for i in range(2)]
+    for process in processes:
+        process.start()
+    (first, first_runs), (second, second_runs) = made.get(timeout=300), made.get(timeout=300)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert not set(first) & set(second), "a run was made by both reports"
+    assert len(set(first + second)) == len(first + second) == 8 + 12  # 2 x 2 x 2 tuning runs, 6 x 2 test runs
+    assert first and second, "one report made every run: the other did not share the work"
+    assert first_runs == second_runs and len(first_runs) == 12
 
 
 def test_report_rejects_test_seeds_among_validation_seeds(tmp_path, fake_cifar10):

@@ -156,7 +156,8 @@ class TrajectoryCache:
 
 
 def _claim(lock: Path) -> bool:
-    """Create ``lock`` for this process; ``False`` where a live process holds it (a gone one's is taken over)."""
+    """Create ``lock`` for this process; ``False`` where a live process holds it (a gone one's is taken over: two
+    processes taking over one lock at the same moment may both make the run, which only costs time)."""
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -185,7 +186,7 @@ def _holder_alive(lock: Path) -> bool:
             return False
     if host != socket.gethostname():
         return True
-    if pid == os.getpid():
+    if pid == os.getpid():  # an earlier process's, with this pid (a restarted container numbers pids anew)
         return False
     try:
         os.kill(pid, 0)

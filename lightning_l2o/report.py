@@ -48,7 +48,7 @@ from lightning_l2o.tasks import TaskSpec, build_task
 
 REFERENCE = "adam"
 """The baseline every learned method is paired against in ``results.md`` and ``paired.csv``."""
-Job = tuple[MetaOptimizer, TaskSpec, str, "int | None", "float | None"]
+Job = tuple[MetaOptimizer, TaskSpec, str, int | None, float | None]
 """One run of a report: the rule, the task, the method's name, its meta-seed and lr (``None``: the rule's own)."""
 
 

@@ -67,6 +67,16 @@ def _run_files(folder) -> list[str]:
     return sorted(path.name for path in folder.glob("*.pt"))
 
 
+def _sgd_run(cache: TrajectoryCache, wait: bool = False):
+    """The cache's run of SGD-momentum at 0.05 on ``SPEC``: waited for, or tried (``None`` where it is locked)."""
+    return (cache.meta_test if wait else cache.try_meta_test)(SGDMomentum(lr=0.05), SPEC, "sgd")
+
+
+def _sgd_lock(folder):
+    """Where a process making :func:`_sgd_run` holds its lock."""
+    return folder / f"{_run_digest(SGDMomentum(lr=0.05), SPEC, 'cpu', 0.05)}.lock"
+
+
 @pytest.fixture
 def sleeper():
     """A live process of this host (a run lock's holder), killed after the test."""
@@ -77,13 +87,12 @@ def sleeper():
 
 
 def test_a_run_another_live_process_is_making_is_left_to_it_then_read_when_it_lands(tmp_path, sleeper, monkeypatch):
-    made_elsewhere = TrajectoryCache(tmp_path / "elsewhere").meta_test(SGDMomentum(lr=0.05), SPEC, "sgd")
+    made_elsewhere = _sgd_run(TrajectoryCache(tmp_path / "elsewhere"))
     cache = TrajectoryCache(tmp_path / "runs", poll_seconds=0.05)
-    digest = _run_digest(SGDMomentum(lr=0.05), SPEC, "cpu", 0.05)
     (tmp_path / "runs").mkdir()
-    lock = tmp_path / "runs" / f"{digest}.lock"
+    lock = _sgd_lock(tmp_path / "runs")
     lock.write_text(f"{socket.gethostname()} {sleeper.pid}")
-    assert cache.try_meta_test(SGDMomentum(lr=0.05), SPEC, "sgd") is None
+    assert _sgd_run(cache) is None
     assert _run_files(tmp_path / "runs") == [] and lock.exists()
 
     def land() -> None:  # the holder finishes: its run file appears, its lock goes
@@ -95,15 +104,14 @@ def test_a_run_another_live_process_is_making_is_left_to_it_then_read_when_it_la
     monkeypatch.setattr(evaluation, "meta_test", lambda *a, **kw: pytest.fail("the run was made twice"))
     landing = threading.Thread(target=land)
     landing.start()
-    waited = cache.meta_test(SGDMomentum(lr=0.05), SPEC, "sgd")
+    waited = _sgd_run(cache, wait=True)
     landing.join()
     assert waited.losses.tolist() == made_elsewhere.losses.tolist() and waited.final_loss == made_elsewhere.final_loss
 
 
 @pytest.mark.parametrize("holder", ["exited", "unreadable and old"])
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, holder):
-    cache = TrajectoryCache(tmp_path)
-    lock = tmp_path / f"{_run_digest(SGDMomentum(lr=0.05), SPEC, 'cpu', 0.05)}.lock"
+    lock = _sgd_lock(tmp_path)
     if holder == "exited":
         exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                                 text=True, check=True)
@@ -112,16 +120,15 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, holder):
         lock.write_text("")
         old = time.time() - 2 * LOCK_WRITE_SECONDS
         os.utime(lock, (old, old))
-    run = cache.try_meta_test(SGDMomentum(lr=0.05), SPEC, "sgd")
+    run = _sgd_run(TrajectoryCache(tmp_path))
     assert run is not None and not run.diverged
     assert len(_run_files(tmp_path)) == 1 and not lock.exists()
 
 
 def test_a_fresh_unreadable_lock_or_one_from_another_host_is_respected(tmp_path):
-    cache = TrajectoryCache(tmp_path)
-    lock = tmp_path / f"{_run_digest(SGDMomentum(lr=0.05), SPEC, 'cpu', 0.05)}.lock"
+    cache, lock = TrajectoryCache(tmp_path), _sgd_lock(tmp_path)
     lock.write_text("")  # its holder is between creating and writing it
-    assert cache.try_meta_test(SGDMomentum(lr=0.05), SPEC, "sgd") is None
+    assert _sgd_run(cache) is None
     lock.write_text(f"not-{socket.gethostname()} 1")
-    assert cache.try_meta_test(SGDMomentum(lr=0.05), SPEC, "sgd") is None
+    assert _sgd_run(cache) is None
     assert _run_files(tmp_path) == []

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
 import os
-import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
 from lightning_l2o.meta_optimizers.base import class_path
@@ -23,8 +28,6 @@ from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, inner_step
 
 DIVERGENCE_FACTOR = 1e6
-LOCK_WRITE_SECONDS = 60.0
-"""A run lock without a readable host and pid older than this is a killed process's."""
 
 
 @dataclass
@@ -92,11 +95,11 @@ class TrajectoryCache:
     and horizon), the lr, the device and the source code of this package: any change to the code computes runs
     afresh. The method's name only labels the file: the same rule run under another name reads the run it has.
 
-    Processes sharing the folder make each run once: while one trains a run it holds ``<hash>.lock`` (its host and
-    pid) in the folder. :meth:`meta_test` waits for a run another live process is making and reads it;
-    :meth:`try_meta_test` returns ``None`` for it at once, so that the caller can do other runs first. The lock of a
-    process that is gone (killed) on this host is taken over; one left on another host sharing the folder must be
-    deleted by hand.
+    Processes sharing the folder make each run once: while one trains a run it holds the ``flock`` of
+    ``<hash>.lock`` in the folder. :meth:`meta_test` waits for a run another process is making and reads it;
+    :meth:`try_meta_test` returns ``None`` for it at once, so that the caller can do other runs first. The kernel
+    releases the lock of a process that ends, killed or not, so no lock is ever left behind (on a network file
+    system, where that system supports ``flock``).
     """
 
     def __init__(self, folder: str | Path, poll_seconds: float = 5.0) -> None:
@@ -120,11 +123,10 @@ class TrajectoryCache:
         if cached is not None:
             return cached
         self.folder.mkdir(parents=True, exist_ok=True)
-        lock = self.folder / f"{digest}.lock"
-        if not _claim(lock):
-            return None
-        try:
-            cached = self._load(digest, spec, method)  # made by another process between the read and the claim
+        with _run_lock(self.folder / f"{digest}.lock") as held:
+            if not held:
+                return None
+            cached = self._load(digest, spec, method)  # made by another process between the read and the lock
             if cached is not None:
                 return cached
             trajectory = meta_test(update_rule, spec, lr=lr, method=method, device=device)
@@ -134,8 +136,6 @@ class TrajectoryCache:
                         "diverged": trajectory.diverged, "infos": trajectory.infos}, partial)
             os.replace(partial, path)  # whole files only, also with reports running side by side
             return trajectory
-        finally:
-            lock.unlink(missing_ok=True)
 
     def read(self, update_rule: MetaOptimizer, spec: TaskSpec, method: str, device: torch.device | str = "cpu",
              lr: float | None = None) -> Trajectory | None:
@@ -155,46 +155,42 @@ class TrajectoryCache:
         return Trajectory(spec, method, run["lr"], run["losses"], run["final"], run["diverged"], run["infos"])
 
 
-def _claim(lock: Path) -> bool:
-    """Create ``lock`` for this process; ``False`` where a live process holds it (a gone one's is taken over: two
-    processes taking over one lock at the same moment may both make the run, which only costs time)."""
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _holder_alive(lock):
-                return False
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as file:
-            file.write(f"{socket.gethostname()} {os.getpid()}")
-        return True
-    return False
-
-
-def _holder_alive(lock: Path) -> bool:
-    """Whether the process named in ``lock`` may still be running (on another host: assumed so)."""
+@contextlib.contextmanager
+def _run_lock(lock: Path) -> Iterator[bool]:
+    """Hold the ``flock`` of ``lock`` for the block, which gets whether it holds it (``False``: another process
+    does). The kernel releases a process's lock when it ends, killed or not, so a lock file a killed report left is
+    simply locked again. Without ``fcntl`` (Windows) every block holds it: reports side by side may make a run twice.
+    """
+    if fcntl is None:
+        yield True
+        return
+    descriptor = _claim(lock)
+    if descriptor is None:
+        yield False
+        return
     try:
-        host, pid = lock.read_text().split()
-        pid = int(pid)
-    except FileNotFoundError:
-        return False
-    except ValueError:  # written between its holder's create and write, or cut short by a kill
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)  # before the release, so that a process that opened this file locks a new one
+        os.close(descriptor)
+
+
+def _claim(lock: Path) -> int | None:
+    """An open descriptor of ``lock`` holding its ``flock``, or ``None`` where another process holds it. Where its
+    holder deleted the file between this open and this lock, the file now at that path is tried instead."""
+    while True:
+        descriptor = os.open(lock, os.O_CREAT | os.O_RDWR)
         try:
-            return time.time() - lock.stat().st_mtime < LOCK_WRITE_SECONDS
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return None
+        try:
+            if os.stat(lock).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor
         except FileNotFoundError:
-            return False
-    if host != socket.gethostname():
-        return True
-    if pid == os.getpid():  # an earlier process's, with this pid (a restarted container numbers pids anew)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return True
+            pass
+        os.close(descriptor)
 
 
 def _run_digest(update_rule: MetaOptimizer, spec: TaskSpec, device: torch.device | str, lr: float) -> str:

@@ -1,7 +1,6 @@
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -12,7 +11,6 @@ import torch
 
 from lightning_l2o import evaluation
 from lightning_l2o.evaluation import (
-    LOCK_WRITE_SECONDS,
     TrajectoryCache,
     _run_digest,
     best_lrs,
@@ -77,29 +75,37 @@ def _sgd_lock(folder):
     return folder / f"{_run_digest(SGDMomentum(lr=0.05), SPEC, 'cpu', 0.05)}.lock"
 
 
+HOLD_LOCK = """import fcntl, os, sys, time
+descriptor = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
 @pytest.fixture
-def sleeper():
-    """A live process of this host (a run lock's holder), killed after the test."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+def holder(tmp_path):
+    """Another process holding the lock of :func:`_sgd_run` in ``tmp_path``, killed after the test."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(_sgd_lock(tmp_path))], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline() == "locked\n"
     yield process
     process.kill()
     process.wait()
 
 
-def test_a_run_another_live_process_is_making_is_left_to_it_then_read_when_it_lands(tmp_path, sleeper, monkeypatch):
+def test_a_run_another_process_is_making_is_left_to_it_then_read_when_it_lands(tmp_path, holder, monkeypatch):
     made_elsewhere = _sgd_run(TrajectoryCache(tmp_path / "elsewhere"))
-    cache = TrajectoryCache(tmp_path / "runs", poll_seconds=0.05)
-    (tmp_path / "runs").mkdir()
-    lock = _sgd_lock(tmp_path / "runs")
-    lock.write_text(f"{socket.gethostname()} {sleeper.pid}")
+    cache = TrajectoryCache(tmp_path, poll_seconds=0.05)
     assert _sgd_run(cache) is None
-    assert _run_files(tmp_path / "runs") == [] and lock.exists()
+    assert _run_files(tmp_path) == [] and _sgd_lock(tmp_path).exists()
 
     def land() -> None:  # the holder finishes: its run file appears, its lock goes
         time.sleep(0.3)
         (run,) = (tmp_path / "elsewhere").glob("*.pt")
-        shutil.copy(run, tmp_path / "runs" / run.name)
-        lock.unlink()
+        shutil.copy(run, tmp_path / run.name)
+        _sgd_lock(tmp_path).unlink()
+        holder.kill()
 
     monkeypatch.setattr(evaluation, "meta_test", lambda *a, **kw: pytest.fail("the run was made twice"))
     landing = threading.Thread(target=land)
@@ -109,26 +115,36 @@ def test_a_run_another_live_process_is_making_is_left_to_it_then_read_when_it_la
     assert waited.losses.tolist() == made_elsewhere.losses.tolist() and waited.final_loss == made_elsewhere.final_loss
 
 
-@pytest.mark.parametrize("holder", ["exited", "unreadable and old"])
-def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, holder):
-    lock = _sgd_lock(tmp_path)
-    if holder == "exited":
-        exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                                text=True, check=True)
-        lock.write_text(f"{socket.gethostname()} {int(exited.stdout)}")
-    else:
-        lock.write_text("")
-        old = time.time() - 2 * LOCK_WRITE_SECONDS
-        os.utime(lock, (old, old))
+def test_the_lock_file_of_a_killed_process_is_locked_again(tmp_path, holder):
+    holder.kill()
+    holder.wait()
+    assert _sgd_lock(tmp_path).exists()
     run = _sgd_run(TrajectoryCache(tmp_path))
     assert run is not None and not run.diverged
-    assert len(_run_files(tmp_path)) == 1 and not lock.exists()
+    assert len(_run_files(tmp_path)) == 1 and not _sgd_lock(tmp_path).exists()
 
 
-def test_a_fresh_unreadable_lock_or_one_from_another_host_is_respected(tmp_path):
-    cache, lock = TrajectoryCache(tmp_path), _sgd_lock(tmp_path)
-    lock.write_text("")  # its holder is between creating and writing it
-    assert _sgd_run(cache) is None
-    lock.write_text(f"not-{socket.gethostname()} 1")
-    assert _sgd_run(cache) is None
+def test_a_lock_file_replaced_between_its_open_and_its_lock_is_tried_again(tmp_path, monkeypatch):
+    """The holder deletes its file and releases it after this process opened it, and a third process locks the
+    new file at that path: locking the deleted file must not count."""
+    lock, flock = _sgd_lock(tmp_path), evaluation.fcntl.flock
+    third = []
+
+    def replaced_then_flock(descriptor: int, operation: int) -> None:
+        if not third:
+            lock.unlink()
+            third.append(os.open(lock, os.O_CREAT | os.O_RDWR))
+            flock(third[0], operation)
+        flock(descriptor, operation)
+
+    lock.touch()
+    monkeypatch.setattr(evaluation.fcntl, "flock", replaced_then_flock)
+    assert _sgd_run(TrajectoryCache(tmp_path)) is None
     assert _run_files(tmp_path) == []
+    os.close(third[0])
+
+
+def test_without_flock_runs_are_made_unlocked(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation, "fcntl", None)
+    assert _sgd_run(TrajectoryCache(tmp_path)) is not None
+    assert len(_run_files(tmp_path)) == 1 and not _sgd_lock(tmp_path).exists()

@@ -21,9 +21,9 @@ minutes per run on a CPU: add them with ``--presets``). Datasets are read from `
 that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint; ``--cached-only`` (with
 another ``--name``) writes a report from the runs made so far without running any. A report longer than a
 session keeps its runs across checkouts when they are committed, a few KB each:
-``git add -f benchmarks/results/replication/runs/*-<preset>_s*.pt``. As the package's source is part of every run's
-key, a later session resumes the report from a checkout with the package source the runs were made with (README
-names the commit; a worktree at it once the package has changed). ``--pretrained`` evaluates the shipped
+``git add -f benchmarks/results/replication/runs/*-<preset>_s*.pt``. As the package's code (not its comments or
+docstrings) is part of every run's key, a later session resumes the report from a checkout with the package code the
+runs were made with (README names the commit; a worktree at it once the code has changed). ``--pretrained`` evaluates the shipped
 ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the
 paired differences to tuned Adam of one or more reports (or of chosen methods and meta-seeds in them) into
 ``<--name>/generalization.{md,png}``: one row per preset, and test accuracy against width and against depth.

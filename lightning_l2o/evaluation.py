@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
@@ -92,8 +93,9 @@ class TrajectoryCache:
     the runs it has instead of training them again, and reports that share a folder share their runs.
 
     A run's file is named by a hash of the rule (class, configuration and weights), the task spec (with its seed
-    and horizon), the lr, the device and the source code of this package: any change to the code computes runs
-    afresh. The method's name only labels the file: the same rule run under another name reads the run it has.
+    and horizon), the lr, the device and the source code of this package: any change to the code (not to its
+    comments or docstrings) computes runs afresh. The method's name only labels the file: the same rule run under
+    another name reads the run it has.
 
     Processes sharing the folder make each run once: while one trains a run it holds the ``flock`` of
     ``<hash>.lock`` in the folder. :meth:`meta_test` waits for a run another process is making and reads it;
@@ -210,13 +212,24 @@ def _rule_digest(update_rule: MetaOptimizer) -> str:
 
 @functools.cache
 def _code_digest() -> str:
-    """A hash of this package's source (``.py`` and ``.c`` files)."""
+    """A hash of this package's source: its ``.c`` files and the code of its ``.py`` files (:func:`_python_code`)."""
     package = Path(__file__).parent
     digest = hashlib.sha256()
     for path in sorted([*package.rglob("*.py"), *package.rglob("*.c")]):
         digest.update(str(path.relative_to(package)).encode())
-        digest.update(path.read_bytes())
+        digest.update(_python_code(path.read_text()).encode() if path.suffix == ".py" else path.read_bytes())
     return digest.hexdigest()
+
+
+class _DropStrings(ast.NodeTransformer):
+    def visit_Expr(self, node: ast.Expr) -> ast.Expr | None:
+        return None if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) else node
+
+
+def _python_code(source: str) -> str:
+    """``source``'s syntax tree without its comments, docstrings and other bare strings, none of which a run executes:
+    a change to them leaves a run's key as it was, any other change to the code does not."""
+    return ast.dump(_DropStrings().visit(ast.parse(source)))
 
 
 def _nan_metrics() -> dict[str, float]:

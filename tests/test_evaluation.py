@@ -12,6 +12,7 @@ import torch
 from lightning_l2o import evaluation
 from lightning_l2o.evaluation import (
     TrajectoryCache,
+    _python_code,
     _run_digest,
     best_lrs,
     grid_search,
@@ -148,3 +149,12 @@ def test_without_flock_runs_are_made_unlocked(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "fcntl", None)
     assert _sgd_run(TrajectoryCache(tmp_path)) is not None
     assert len(_run_files(tmp_path)) == 1 and not _sgd_lock(tmp_path).exists()
+
+
+def test_a_run_key_reads_the_code_not_its_comments_or_docstrings():
+    source = 'def step(x):\n    return x - 0.1 * x\n'
+    documented = ('"""A module."""\n\n\ndef step(x):  # plain SGD\n    """One step."""\n    "a bare string"\n'
+                  '    return (x\n            - 0.1 * x)\n')
+    assert _python_code(documented) == _python_code(source)
+    assert _python_code(source.replace("0.1", "0.2")) != _python_code(source)
+    assert _python_code(source.replace("return x", "print('x')\n    return x")) != _python_code(source)

@@ -21,7 +21,10 @@ minutes per run on a CPU: add them with ``--presets``). Datasets are read from `
 that adds a run folder to an earlier one's ``--runs`` only evaluates the new checkpoint; ``--cached-only`` (with
 another ``--name``) writes a report from the runs made so far without running any. A report longer than a
 session keeps its runs across checkouts when they are committed, a few KB each:
-``git add -f benchmarks/results/replication/runs/*-<preset>_s*.pt``. As the package's code (not its comments or
+``git add -f benchmarks/results/replication/runs/*-<preset>_s*.pt``; and ``fit`` leaves each run's chosen checkpoint,
+reduced to the rule (~0.6 MB), in ``benchmarks/results/replication/kept/<method>/<run>.ckpt`` (``keep`` writes it for
+runs fitted before), which ``report`` reads where the run folder is absent: commit it too, as a later fit with the
+same seed is not guaranteed to reproduce the same weights. As the package's code (not its comments or
 docstrings) is part of every run's key, a later session resumes the report from a checkout with the package code the
 runs were made with (README names the commit; a worktree at it once the code has changed). ``--pretrained`` evaluates the shipped
 ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the
@@ -44,6 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "replication"
+KEPT = OUT / "kept"  # each run's chosen checkpoint reduced to the rule, committed so that later checkouts have it
 METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture and ff_adam_trajectory run when named
 CONFIGS = (*METHODS, "pna_lstm", "rt", "nfn", "ff_mixture", "ff_adam_trajectory")
 TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
@@ -72,6 +76,32 @@ def chosen_checkpoint(method: str, run: str) -> Path:
     return best[0] if best else last
 
 
+def kept_checkpoint(method: str, run: str) -> Path:
+    """Where :func:`keep` writes run ``run``'s chosen checkpoint, reduced to the rule (committed beside the runs)."""
+    return KEPT / method / f"{run}.ckpt"
+
+
+def keep(method: str, run: str) -> Path:
+    """Write run ``run``'s chosen checkpoint (:func:`chosen_checkpoint`) reduced to what evaluation reads (the rule's
+    weights and settings, ~1/4 of the file: no optimizer state, no inner state) to :func:`kept_checkpoint`, so that a
+    later checkout, which has no run folders, evaluates the same weights and finds their runs in the run cache."""
+    import torch
+
+    from lightning_l2o.checkpoints import CHECKPOINT_KEY, LIGHTNING_VERSION_KEY, WEIGHTS_PREFIX, read_checkpoint
+
+    source = chosen_checkpoint(method, run)
+    checkpoint = read_checkpoint(source)
+    reduced = {LIGHTNING_VERSION_KEY: checkpoint[LIGHTNING_VERSION_KEY], "global_step": checkpoint["global_step"],
+               "state_dict": {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(WEIGHTS_PREFIX)},
+               CHECKPOINT_KEY: {"meta_optimizer": checkpoint[CHECKPOINT_KEY]["meta_optimizer"]}}
+    target = kept_checkpoint(method, run)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(reduced, target)
+    print(f"{method} {run}: {source.name} (step {checkpoint['global_step']}) kept as {target}; commit it with "
+          f"`git add -f {target.relative_to(REPO)}`", flush=True)
+    return target
+
+
 def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int, val_every: int,
         overrides: list[str]) -> None:
     validation = (["--trainer.limit_val_batches=0"] if val_every == 0 else
@@ -93,6 +123,7 @@ def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int,
         if proc.wait() != 0:
             raise SystemExit(f"{method} fit failed; see {OUT / f'{method}_{run}_fit.log'}")
         print(f"{method}: {outer_steps} outer steps in {(time.time() - start) / 60:.1f} min", flush=True)
+        keep(method, run)
 
 
 def report(
@@ -111,11 +142,15 @@ def report(
 
 
 def _checkpoints(methods: list[str], runs: list[str]) -> dict[str, str | list[str]]:
-    """Each method's chosen checkpoint of every run in ``runs`` that it has (several: one per meta-training seed)."""
-    found = {m: [str(chosen_checkpoint(m, run)) for run in runs if last_checkpoint(m, run).is_file()] for m in methods}
+    """Each method's chosen checkpoint of every run in ``runs`` that it has (several: one per meta-training seed):
+    from the run folder, or where this checkout has none, the one :func:`keep` left."""
+    found = {m: [str(chosen_checkpoint(m, run) if last_checkpoint(m, run).is_file() else kept_checkpoint(m, run))
+                 for run in runs if last_checkpoint(m, run).is_file() or kept_checkpoint(m, run).is_file()]
+             for m in methods}
     missing = [m for m, paths in found.items() if not paths]
     if missing:
-        raise SystemExit(f"no last.ckpt of {missing} in runs {runs}; run `fit` first (or name other --runs)")
+        raise SystemExit(f"no last.ckpt or kept checkpoint of {missing} in runs {runs}; run `fit` first (or name "
+                         f"other --runs)")
     for method, paths in found.items():
         print(f"{method}: {len(paths)} meta-training run(s): {paths}", flush=True)
     return {m: paths if len(paths) > 1 else paths[0] for m, paths in found.items()}
@@ -359,6 +394,9 @@ def main() -> None:
                                             "NAME, NAME:METHOD or NAME:METHOD#META_SEED")
     generalization_parser.add_argument("--name", default="generalization",
                                        help="output folder under benchmarks/results/replication")
+    keep_parser = sub.add_parser("keep", help="what `fit` does at its end, for runs fitted without it")
+    keep_parser.add_argument("--methods", nargs="+", choices=CONFIGS, required=True)
+    keep_parser.add_argument("--runs", nargs="+", required=True, help="run folders of each method")
     baselines_parser = sub.add_parser("baselines")
     baselines_parser.add_argument("--report", required=True,
                                   help="a report folder under benchmarks/results/replication (written by report)")
@@ -372,6 +410,10 @@ def main() -> None:
                      "the names to evaluate each method's <method>_fashion_mnist_task17")
     elif args.stage == "generalization":
         generalization(args.reports, args.name)
+    elif args.stage == "keep":
+        for method in args.methods:
+            for run in args.runs:
+                keep(method, run)
     elif args.stage == "baselines":
         baselines_table(args.report)
     else:

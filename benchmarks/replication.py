@@ -23,8 +23,8 @@ another ``--name``) writes a report from the runs made so far without running an
 session keeps its runs across checkouts when they are committed, a few KB each:
 ``git add -f benchmarks/results/replication/runs/*-<preset>_s*.pt``; and ``fit`` leaves each run's chosen checkpoint,
 reduced to the rule (~0.6 MB), in ``benchmarks/results/replication/kept/<method>/<run>.ckpt`` (``keep`` writes it for
-runs fitted before), which ``report`` reads where the run folder is absent: commit it too, as a later fit with the
-same seed is not guaranteed to reproduce the same weights. As the package's code (not its comments or
+runs fitted before), which ``report`` reads where the run folder is absent: commit it too, as a fit with the same seed
+reproduces the same weights on one machine, not across machines. As the package's code (not its comments or
 docstrings) is part of every run's key, a later session resumes the report from a checkout with the package code the
 runs were made with (README names the commit; a worktree at it once the code has changed). ``--pretrained`` evaluates the shipped
 ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the

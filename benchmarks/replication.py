@@ -22,9 +22,10 @@ that adds a run folder to an earlier one's ``--runs`` only evaluates the new che
 another ``--name``) writes a report from the runs made so far without running any. A report longer than a
 session keeps its runs across checkouts when they are committed, a few KB each:
 ``git add -f benchmarks/results/replication/runs/*-<preset>_s*.pt``; and ``fit`` leaves each run's chosen checkpoint,
-reduced to the rule (~0.6 MB), in ``benchmarks/results/replication/kept/<method>/<run>.ckpt`` (``keep`` writes it for
-runs fitted before), which ``report`` reads where the run folder is absent: commit it too, as a fit with the same seed
-reproduces the same weights on one machine, not across machines. As the package's code (not its comments or
+reduced to the rule, in ``benchmarks/results/replication/kept/<method>/<run>.ckpt`` (``keep`` writes it for runs
+fitted before), which ``report`` reads where the run folder is absent: commit it too where it is under the repository's
+2 MB limit for tracked files (a relational transformer's is 0.6 MB; a PNA-LSTM's, 4.2 MB, is not), as a fit with the
+same seed reproduces the same weights on one machine, not across machines. As the package's code (not its comments or
 docstrings) is part of every run's key, a later session resumes the report from a checkout with the package code the
 runs were made with (README names the commit; a worktree at it once the code has changed). ``--pretrained`` evaluates the shipped
 ``<method>_fashion_mnist_task17`` optimizers instead of run folders. ``generalization`` gathers the
@@ -48,6 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "replication"
 KEPT = OUT / "kept"  # each run's chosen checkpoint reduced to the rule, committed so that later checkouts have it
+MAX_TRACKED_MB = 2  # the largest file the repository tracks (the project's check before a stop flags larger ones)
 METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture and ff_adam_trajectory run when named
 CONFIGS = (*METHODS, "pna_lstm", "rt", "nfn", "ff_mixture", "ff_adam_trajectory")
 TEST_PRESETS = ("17", "fashion_mnist-width8", "fashion_mnist-depth1")
@@ -97,8 +99,11 @@ def keep(method: str, run: str) -> Path:
     target = kept_checkpoint(method, run)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(reduced, target)
-    print(f"{method} {run}: {source.name} (step {checkpoint['global_step']}) kept as {target}; commit it with "
-          f"`git add -f {target.relative_to(REPO)}`", flush=True)
+    size_mb = target.stat().st_size / 2**20
+    advice = (f"commit it with `git add -f {target.relative_to(REPO)}`" if size_mb < MAX_TRACKED_MB else
+              f"over the repository's {MAX_TRACKED_MB} MB limit for tracked files: keep it outside git")
+    print(f"{method} {run}: {source.name} (step {checkpoint['global_step']}) kept as {target} ({size_mb:.1f} MB); "
+          f"{advice}", flush=True)
     return target
 
 

@@ -48,7 +48,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "replication"
-KEPT = OUT / "kept"  # each run's chosen checkpoint reduced to the rule, committed so that later checkouts have it
 MAX_TRACKED_MB = 2  # the largest file the repository tracks (the project's check before a stop flags larger ones)
 METHODS = ("ff", "lstm", "pna")  # the defaults; ff_mixture and ff_adam_trajectory run when named
 CONFIGS = (*METHODS, "pna_lstm", "rt", "nfn", "ff_mixture", "ff_adam_trajectory")
@@ -79,13 +78,13 @@ def chosen_checkpoint(method: str, run: str) -> Path:
 
 
 def kept_checkpoint(method: str, run: str) -> Path:
-    """Where :func:`keep` writes run ``run``'s chosen checkpoint, reduced to the rule (committed beside the runs)."""
-    return KEPT / method / f"{run}.ckpt"
+    """Where :func:`keep` writes run ``run``'s chosen checkpoint, reduced to the rule."""
+    return OUT / "kept" / method / f"{run}.ckpt"
 
 
 def keep(method: str, run: str) -> Path:
     """Write run ``run``'s chosen checkpoint (:func:`chosen_checkpoint`) reduced to what evaluation reads (the rule's
-    weights and settings, ~1/4 of the file: no optimizer state, no inner state) to :func:`kept_checkpoint`, so that a
+    weights and settings: no optimizer state, no inner state) to :func:`kept_checkpoint`, so that a
     later checkout, which has no run folders, evaluates the same weights and finds their runs in the run cache."""
     import torch
 
@@ -146,12 +145,18 @@ def report(
     subprocess.run(cmd, cwd=REPO, env=_env(1), check=True)
 
 
+def _run_checkpoint(method: str, run: str) -> Path | None:
+    """Run ``run``'s chosen checkpoint from its folder, or where this checkout has none, the one :func:`keep` left."""
+    if last_checkpoint(method, run).is_file():
+        return chosen_checkpoint(method, run)
+    kept = kept_checkpoint(method, run)
+    return kept if kept.is_file() else None
+
+
 def _checkpoints(methods: list[str], runs: list[str]) -> dict[str, str | list[str]]:
-    """Each method's chosen checkpoint of every run in ``runs`` that it has (several: one per meta-training seed):
-    from the run folder, or where this checkout has none, the one :func:`keep` left."""
-    found = {m: [str(chosen_checkpoint(m, run) if last_checkpoint(m, run).is_file() else kept_checkpoint(m, run))
-                 for run in runs if last_checkpoint(m, run).is_file() or kept_checkpoint(m, run).is_file()]
-             for m in methods}
+    """Each method's chosen checkpoint (:func:`_run_checkpoint`) of every run in ``runs`` that it has (several: one
+    per meta-training seed)."""
+    found = {m: [str(path) for run in runs if (path := _run_checkpoint(m, run))] for m in methods}
     missing = [m for m, paths in found.items() if not paths]
     if missing:
         raise SystemExit(f"no last.ckpt or kept checkpoint of {missing} in runs {runs}; run `fit` first (or name "

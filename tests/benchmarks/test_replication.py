@@ -18,7 +18,6 @@ def replication(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "OUT", tmp_path / "replication")
-    monkeypatch.setattr(module, "KEPT", tmp_path / "replication" / "kept")
     monkeypatch.setattr(module, "REPO", tmp_path)
     return module
 

@@ -7,12 +7,12 @@ Adam tuned over lr.
 A learned rule that only rescales Adam's step can at best match an Adam whose lr is well tuned. This measures what
 more hand-tuned knobs add on top: the second-moment decay ``beta2``, a linear lr warmup over ``--warmup`` steps
 (:class:`~lightning_l2o.meta_optimizers.Adam`'s ``warmup_steps``) and decoupled weight decay ``--weight-decay``
-(AdamW's; Adam's default is none). Both Adams are chosen by the evaluation report's
-criterion (:func:`~lightning_l2o.evaluation.best_lrs`: the lowest mean log10 final training loss on task 17's
-validation seeds): once over ``--lrs`` at beta2 0.999 (``torch.optim.Adam``'s default) without warmup or weight
-decay, once over every (lr, beta2, warmup, weight decay) setting. Both then train the test seeds; the table gives the validation score of every
-setting and the paired difference (knob-tuned − lr-tuned) in test accuracy and log10 final training loss with 95 %
-confidence intervals.
+(AdamW's; Adam's default is none). Both Adams are chosen by the evaluation report's criterion
+(:func:`~lightning_l2o.evaluation.best_lrs`: the lowest mean log10 final training loss on task 17's validation
+seeds): once over ``--lrs`` at beta2 0.999 (``torch.optim.Adam``'s default) without warmup or weight decay, once
+over every (lr, beta2, warmup, weight decay) setting. Both then train the test seeds; the table gives the validation
+score of every setting and the paired difference (knob-tuned − lr-tuned) in test accuracy and log10 final training
+loss with 95 % confidence intervals.
 ``--checkpoints NAME=PATH ...`` (a ``fit`` checkpoint or ``pretrained:<name>``) adds each learned rule, run on the
 same test seeds, paired against both Adams.
 Runs are cached in ``benchmarks/results/replication/runs`` (shared with ``replication.py report`` and

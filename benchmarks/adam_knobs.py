@@ -8,7 +8,7 @@ A learned rule that only rescales Adam's step can at best match an Adam whose lr
 more hand-tuned knobs add on top: the second-moment decay ``beta2``, a linear lr warmup over ``--warmup`` steps
 (:class:`~lightning_l2o.meta_optimizers.Adam`'s ``warmup_steps``) and decoupled weight decay ``--weight-decay``
 (AdamW's; Adam's default is none). Both Adams are chosen by the evaluation report's criterion
-(:func:`~lightning_l2o.evaluation.best_lrs`: the lowest mean log10 final training loss on task 17's validation
+(:func:`~lightning_l2o.evaluation.best_settings`: the lowest mean log10 final training loss on task 17's validation
 seeds): once over ``--lrs`` at beta2 0.999 (``torch.optim.Adam``'s default) without warmup or weight decay, once
 over every (lr, beta2, warmup, weight decay) setting. Both then train the test seeds; the table gives the validation
 score of every setting and the paired difference (knob-tuned − lr-tuned) in test accuracy and log10 final training
@@ -33,7 +33,7 @@ from results_table import RESULTS, save_report
 from tqdm import tqdm
 
 from lightning_l2o.checkpoints import load_meta_optimizer
-from lightning_l2o.evaluation import Trajectory, TrajectoryCache, best_lrs, log10_loss, validation_scores
+from lightning_l2o.evaluation import Trajectory, TrajectoryCache, best_settings, log10_loss, validation_scores
 from lightning_l2o.meta_optimizers import MetaOptimizer
 from lightning_l2o.meta_optimizers.baselines import Adam
 from lightning_l2o.reporting import paired
@@ -92,13 +92,11 @@ def main() -> None:
         progress.update()
         return trajectory
 
-    # best_lrs chooses, per method, the grid value with the lowest mean validation loss; the value here is the
-    # setting's index, so that it chooses among the knobs' settings with the report's own criterion
-    grid = {("adam", i, str(seed)): run(setting, seed) for i, setting in enumerate(settings) for seed in args.val_seeds}
-    lr_only = {key: t for key, t in grid.items() if settings[key[1]][1:] == (DEFAULT_BETA2, 0, 0)}
-    chosen = {label: settings[int(best_lrs(runs)[("adam", template.family)])]
-              for label, runs in (("lr", lr_only), (KNOBS, grid))}
-    scores = {settings[int(index)]: score for (_, _, index), score in validation_scores(grid).items()}
+    # best_settings chooses, per method, the setting with the lowest mean validation loss: the report's own criterion
+    grid = {("adam", setting, str(seed)): run(setting, seed) for setting in settings for seed in args.val_seeds}
+    lr_only = {key: t for key, t in grid.items() if key[1][1:] == (DEFAULT_BETA2, 0, 0)}
+    chosen = {label: best_settings(runs)[("adam", template.family)] for label, runs in (("lr", lr_only), (KNOBS, grid))}
+    scores = {setting: score for (_, _, setting), score in validation_scores(grid).items()}
 
     test = {label: {seed: run(setting, seed) for seed in args.seeds} for label, setting in chosen.items()}
     test.update({name: {seed: run_rule(rule, name, seed) for seed in args.seeds} for name, rule in learned.items()})

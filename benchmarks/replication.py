@@ -133,12 +133,12 @@ def fit(methods: list[str], outer_steps: int, resume: bool, run: str, seed: int,
 def report(
     methods: list[str], steps: int, seeds: list[int], presets: list[str], lr_grid: list[float], val_seeds: list[int],
     name: str, baselines: list[str], runs: list[str], pretrained: list[str] | None, tuning_presets: list[str],
-    learned_lr_grid: list[float] | None, cached_only: bool,
+    learned_lr_grid: list[float] | None, cached_only: bool, weight_decay_grid: list[float],
 ) -> None:
     checkpoints = _pretrained(methods, pretrained) if pretrained is not None else _checkpoints(methods, runs)
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", str(tuning_presets),
-           "--lr_grid", str(lr_grid), "--learned_lr_grid", "null" if learned_lr_grid is None else str(learned_lr_grid),
+           "--lr_grid", str(lr_grid), "--weight_decay_grid", str(weight_decay_grid), "--learned_lr_grid", "null" if learned_lr_grid is None else str(learned_lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
            "--checkpoints", str(checkpoints), "--cache_dir", str(OUT / "runs"), "--cached_only", str(cached_only)]
     print(" ".join(cmd), flush=True)
@@ -355,6 +355,8 @@ def _errorbar_series(panel, points: list[tuple[int, dict[str, str]]], metric: st
 
 
 def main() -> None:
+    from lightning_l2o.evaluation import WEIGHT_DECAY_GRID
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     fit_parser = sub.add_parser("fit")
@@ -380,6 +382,9 @@ def main() -> None:
     report_parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     report_parser.add_argument("--presets", nargs="+", default=list(TEST_PRESETS))
     report_parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
+    report_parser.add_argument("--weight-decay-grid", type=float, nargs="+", default=list(WEIGHT_DECAY_GRID),
+                               help="weight decays tried with each lr for a baseline that has one (adamw; default: "
+                                    f"{' '.join(map(str, WEIGHT_DECAY_GRID))})")
     report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
     report_parser.add_argument("--tuning-presets", nargs="+", default=["17"],
                                help="presets whose validation seeds choose every lr (default: task 17, as the seed's "
@@ -430,6 +435,7 @@ def main() -> None:
         report(
             list(METHODS) if args.methods is None else args.methods, args.steps, args.seeds, args.presets, args.lr_grid, args.val_seeds, args.name, args.baselines,
             args.runs or ["0"], args.pretrained, args.tuning_presets, args.learned_lr_grid, args.cached_only,
+            args.weight_decay_grid,
         )
 
 

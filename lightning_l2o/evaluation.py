@@ -1,4 +1,5 @@
-"""Meta-test: train held-out optimizees with an update rule (no meta-gradient) and tune baselines' lr."""
+"""Meta-test: train held-out optimizees with an update rule (no meta-gradient) and tune baselines' settings (lr, and
+weight decay where a baseline has one) on validation tasks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
+from lightning_l2o.meta_optimizers import BaselineSetting, MetaOptimizer, baseline_settings
 from lightning_l2o.meta_optimizers.base import class_path
 from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState, inner_step
@@ -236,34 +237,44 @@ def _nan_metrics() -> dict[str, float]:
     return {"train_loss": math.nan, "test_loss": math.nan, "test_accuracy": math.nan}
 
 
+WEIGHT_DECAY_GRID = (1e-3, 1e-2, 1e-1)
+"""The weight decays tried by default for a baseline that has one
+(:data:`~lightning_l2o.meta_optimizers.DECAYED_BASELINES`): a decade either side of ``torch.optim.AdamW``'s 0.01."""
+
+
 def grid_search(
-    baselines: Sequence[str], lr_grid: Sequence[float], specs: Iterable[TaskSpec], device: torch.device | str = "cpu"
-) -> dict[tuple[str, float, str], Trajectory]:
-    """Run every baseline at every lr on every spec: ``{(baseline, lr, spec.name): trajectory}``."""
+    baselines: Sequence[str], lr_grid: Sequence[float], specs: Iterable[TaskSpec], device: torch.device | str = "cpu",
+    weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
+) -> dict[tuple[str, BaselineSetting, str], Trajectory]:
+    """Run every baseline at every setting of :func:`~lightning_l2o.meta_optimizers.baseline_settings` (each lr, and
+    each weight decay where the baseline has one) on every spec: ``{(baseline, setting, spec.name): trajectory}``."""
     return {
-        (name, lr, spec.name): meta_test(build_baseline(name, lr), spec, method=name, device=device)
+        (name, setting, spec.name): meta_test(
+            setting.build(name), spec, method=name, device=device)
         for spec in specs
         for name in baselines
-        for lr in lr_grid
+        for setting in baseline_settings(name, lr_grid, weight_decay_grid)
     }
 
 
-def validation_scores(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, str, float], float]:
-    """Per ``(method, family, lr)`` of a :func:`grid_search` (or of any runs keyed alike): the mean log10 final
-    training loss over its runs (a diverged run counts as ``inf``): the score :func:`best_lrs` minimises."""
-    values: dict[tuple[str, str, float], list[float]] = defaultdict(list)
-    for (name, lr, _), traj in grid.items():
-        values[(name, traj.spec.family, lr)].append(log10_loss(traj.final_loss))
+def validation_scores(grid: dict[tuple[str, Hashable, str], Trajectory]) -> dict[tuple[str, str, Hashable], float]:
+    """Per ``(method, family, setting)`` of a :func:`grid_search` (or of any runs keyed alike, e.g. by a learned
+    rule's lr): the mean log10 final training loss over its runs (a diverged run counts as ``inf``): the score
+    :func:`best_settings` minimises."""
+    values: dict[tuple[str, str, Hashable], list[float]] = defaultdict(list)
+    for (name, setting, _), traj in grid.items():
+        values[(name, traj.spec.family, setting)].append(log10_loss(traj.final_loss))
     return {key: sum(v) / len(v) for key, v in values.items()}
 
 
-def best_lrs(grid: dict[tuple[str, float, str], Trajectory]) -> dict[tuple[str, str], float]:
-    """Per ``(method, family)``: the lr with the lowest mean log final training loss (diverged = worst)."""
-    best: dict[tuple[str, str], tuple[float, float]] = {}
-    for (name, family, lr), score in validation_scores(grid).items():
+def best_settings(grid: dict[tuple[str, Hashable, str], Trajectory]) -> dict[tuple[str, str], Hashable]:
+    """Per ``(method, family)``: the setting with the lowest mean log final training loss (diverged = worst); the
+    first of equals in ``grid``'s order."""
+    best: dict[tuple[str, str], tuple[float, Hashable]] = {}
+    for (name, family, setting), score in validation_scores(grid).items():
         if (name, family) not in best or score < best[(name, family)][0]:
-            best[(name, family)] = (score, lr)
-    return {key: lr for key, (_, lr) in best.items()}
+            best[(name, family)] = (score, setting)
+    return {key: setting for key, (_, setting) in best.items()}
 
 
 def log10_loss(loss: float) -> float:

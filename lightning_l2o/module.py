@@ -15,8 +15,16 @@ from torch.nn.parallel import DistributedDataParallel
 from lightning_l2o.checkpoints import CHECKPOINT_KEY, FIX, FinalCheckpoint, check_compatible, meta_optimizer_config
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import GradientEstimator, SegmentEstimate, TruncatedBackprop
-from lightning_l2o.evaluation import DIVERGENCE_FACTOR, Trajectory, best_lrs, grid_search, meta_test, summarize
-from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
+from lightning_l2o.evaluation import (
+    DIVERGENCE_FACTOR,
+    WEIGHT_DECAY_GRID,
+    Trajectory,
+    best_settings,
+    grid_search,
+    meta_test,
+    summarize,
+)
+from lightning_l2o.meta_optimizers import BaselineSetting, MetaOptimizer
 from lightning_l2o.meta_optimizers.base import class_path
 from lightning_l2o.meta_optimizers.baselines import BASELINES
 from lightning_l2o.tasks import Segment, TaskSpec, build_task
@@ -46,8 +54,9 @@ class L2OModule(pl.LightningModule):
     Checkpoints hold every rank's and slot's optimizee.
 
     Validation and test: every held-out task is trained for its horizon by the learned rule and by
-    each of ``baselines`` at the lr that is best on the validation tasks of its family (searched on
-    ``lr_grid``), without meta-gradients. Trajectories are kept in :attr:`meta_test_trajectories` for
+    each of ``baselines`` at the setting that is best on the validation tasks of its family (its lr searched on
+    ``lr_grid``, crossed with ``weight_decay_grid`` for a baseline with weight decay: ``adamw``), without
+    meta-gradients. Trajectories are kept in :attr:`meta_test_trajectories` for
     the callbacks that plot and log them.
 
     Args:
@@ -61,6 +70,7 @@ class L2OModule(pl.LightningModule):
         cosine_schedule: decay ``outer_lr`` to zero over ``trainer.max_steps`` with a cosine.
         baselines: hand-designed optimizers to compare with (``adam``, ``adamw``, ``sgd_momentum``).
         lr_grid: learning rates tried for each baseline.
+        weight_decay_grid: weight decays tried, with each lr, for a baseline that has one (``adamw``).
         max_consecutive_nonfinite: stop with an error after this many skipped segments in a row.
     """
 
@@ -74,6 +84,7 @@ class L2OModule(pl.LightningModule):
         cosine_schedule: bool = False,
         baselines: Sequence[str] = ("adam", "adamw", "sgd_momentum"),
         lr_grid: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+        weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
         max_consecutive_nonfinite: int = 50,
     ) -> None:
         super().__init__()
@@ -84,9 +95,10 @@ class L2OModule(pl.LightningModule):
             raise ConfigError("model.outer_lr must be > 0, model.weight_decay >= 0 and model.gradient_clip_val > 0 "
                               f"or null; got {outer_lr}, {weight_decay}, {gradient_clip_val}")
         unknown = [b for b in baselines if b not in BASELINES]
-        if unknown or not lr_grid or min(lr_grid) <= 0:
-            raise ConfigError(f"model.baselines must be names from {list(BASELINES)} (unknown: {unknown}) and "
-                              f"model.lr_grid a non-empty list of positive learning rates, got {lr_grid}")
+        if unknown or not lr_grid or min(lr_grid) <= 0 or not weight_decay_grid or min(weight_decay_grid) < 0:
+            raise ConfigError(f"model.baselines must be names from {list(BASELINES)} (unknown: {unknown}), "
+                              f"model.lr_grid a non-empty list of positive learning rates and model.weight_decay_grid "
+                              f"one of weight decays >= 0; got {list(lr_grid)}, {list(weight_decay_grid)}")
         self.save_hyperparameters(ignore=["meta_optimizer", "estimator"])
         self.save_hyperparameters({"meta_optimizer": meta_optimizer_config(meta_optimizer),
                                    "estimator": {"class_path": class_path(type(self.estimator)),
@@ -100,8 +112,8 @@ class L2OModule(pl.LightningModule):
         self._inners: list[InnerState | None] = []  # one optimizee per meta-batch slot
         self._restored_inners: list[dict[str, Any] | None] = []
         self._slot_estimators = [self.estimator]
-        self._val_grid: dict[tuple[str, float, str], Trajectory] = {}
-        self._tuned_lrs: dict[tuple[str, str], float] = {}
+        self._val_grid: dict[tuple[str, BaselineSetting, str], Trajectory] = {}
+        self._tuned_settings: dict[tuple[str, str], BaselineSetting] = {}
 
     # ----------------------------------------------------------------------------------------- training
     def setup(self, stage: str) -> None:
@@ -289,14 +301,15 @@ class L2OModule(pl.LightningModule):
     def validation_step(self, spec: TaskSpec, batch_idx: int) -> None:
         self.meta_test_trajectories.append(meta_test(self.meta_optimizer, spec, device=self.device))
         if not any(key[2] == spec.name for key in self._val_grid):
-            self._val_grid.update(grid_search(self.hparams.baselines, self.hparams.lr_grid, [spec], self.device))
+            self._val_grid.update(grid_search(self.hparams.baselines, self.hparams.lr_grid, [spec], self.device,
+                                              self.hparams.weight_decay_grid))
 
     def on_validation_epoch_end(self) -> None:
         names = {t.spec.name for t in self.meta_test_trajectories}
         grid = {key: traj for key, traj in self._val_grid.items() if key[2] in names}
-        lrs = best_lrs(grid)
+        chosen = best_settings(grid)
         self.meta_test_trajectories += [
-            traj for (name, lr, _), traj in grid.items() if lrs[(name, traj.spec.family)] == lr
+            traj for (name, setting, _), traj in grid.items() if chosen[(name, traj.spec.family)] == setting
         ]
         self._log_meta_test("val")
 
@@ -304,10 +317,11 @@ class L2OModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "val_specs"):
             raise ConfigError("test needs a TaskDataModule (data: class_path: datamodules.TaskDataModule): "
-                              "baselines' learning rates are tuned on its validation tasks")
-        self._tuned_lrs = best_lrs(
-            grid_search(self.hparams.baselines, self.hparams.lr_grid, datamodule.val_specs(), self.device)
-        )
+                              "baselines' settings are tuned on its validation tasks")
+        self._tuned_settings = best_settings(grid_search(
+            self.hparams.baselines, self.hparams.lr_grid, datamodule.val_specs(), self.device,
+            self.hparams.weight_decay_grid,
+        ))
 
     def on_test_epoch_start(self) -> None:
         self.meta_test_trajectories = []
@@ -315,8 +329,9 @@ class L2OModule(pl.LightningModule):
     def test_step(self, spec: TaskSpec, batch_idx: int) -> None:
         self.meta_test_trajectories.append(meta_test(self.meta_optimizer, spec, device=self.device))
         for name in self.hparams.baselines:
-            lr = self._tuned_lrs[(name, spec.family)]
-            self.meta_test_trajectories.append(meta_test(build_baseline(name, lr), spec, device=self.device))
+            setting = self._tuned_settings[(name, spec.family)]
+            self.meta_test_trajectories.append(
+                meta_test(setting.build(name), spec, device=self.device))
 
     def on_test_epoch_end(self) -> None:
         for traj in self.meta_test_trajectories:

@@ -3,11 +3,12 @@
     python -m lightning_l2o.report --config configs/eval/suite.yaml --checkpoints '{ff: [a.ckpt, b.ckpt], lstm: l.ckpt}'
 
 Every baseline's learning rate is chosen on ``lr_grid`` per task family on the validation seeds of the
-tuning tasks (never on test seeds), and so is every learned optimizer's base lr from ``learned_lr_grid`` where one
+tuning tasks (never on test seeds), with its weight decay from ``weight_decay_grid`` for a baseline that has one
+(``adamw``), and so is every learned optimizer's base lr from ``learned_lr_grid`` where one
 is given (else each runs at its own); then every learned optimizer (each checkpoint of a method given a list,
 one per meta-training seed) and every tuned baseline trains each task preset with each test seed for
 ``steps`` inner steps. ``out_dir`` receives ``results.md`` (mean ± std of final train loss and test
-accuracy, and each learned method paired against tuned Adam on the same test seeds: mean difference, 95 %
+accuracy, the settings tuning chose, and each learned method paired against tuned Adam on the same test seeds: mean difference, 95 %
 confidence interval, wins / losses, verdict), ``results.csv`` (one row per run), ``summary.csv``,
 ``paired.csv``, ``curves.csv``, ``loss_curves.png`` and a TensorBoard run (``tensorboard --logdir <out_dir>``).
 A diverging optimizer is recorded as diverged, not raised. Every run is kept in ``cache_dir``
@@ -30,9 +31,9 @@ from tqdm import tqdm
 from lightning_l2o.allocator import keep_freed_memory
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import PARSER_OPTIONS, ConfigError, config_errors_exit
-from lightning_l2o.evaluation import Trajectory, TrajectoryCache, best_lrs
-from lightning_l2o.meta_optimizers import MetaOptimizer, build_baseline
-from lightning_l2o.meta_optimizers.baselines import BASELINES
+from lightning_l2o.evaluation import WEIGHT_DECAY_GRID, Trajectory, TrajectoryCache, best_settings
+from lightning_l2o.meta_optimizers import MetaOptimizer
+from lightning_l2o.meta_optimizers.baselines import BASELINES, BaselineSetting, baseline_settings
 from lightning_l2o.reporting import (
     curve_rows,
     markdown_table,
@@ -59,6 +60,7 @@ def evaluation_report(
     steps: int = 1000,
     baselines: Sequence[str] = ("adam", "adamw", "sgd_momentum"),
     lr_grid: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1),
+    weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
     tuning_tasks: Sequence[str | TaskSpec] | None = None,
     learned_lr_grid: Sequence[float] | None = None,
     val_seeds: Sequence[int] = (201, 202, 203),
@@ -80,7 +82,10 @@ def evaluation_report(
         steps: inner steps each optimizee is trained for.
         baselines: hand-designed optimizers (``adam``, ``adamw``, ``sgd_momentum``).
         lr_grid: learning rates tried for each baseline.
-        tuning_tasks: presets or task entries whose validation seeds choose the baselines' lrs (default: ``tasks``).
+        weight_decay_grid: weight decays tried, with each lr, for a baseline that has one (``adamw``; ``[0.01]``:
+            ``torch.optim.AdamW``'s default only).
+        tuning_tasks: presets or task entries whose validation seeds choose the baselines' settings (default:
+            ``tasks``).
         learned_lr_grid: base lrs tried for each learned optimizer (each checkpoint on its own), chosen on the
             tuning tasks' validation seeds as the baselines' are; ``None``: each runs at the lr it was meta-trained
             with. The unit is the rule's own ``lr`` (what ``load_pretrained(..., lr=...)`` takes), not Adam's: a
@@ -99,9 +104,10 @@ def evaluation_report(
     """
     learned = _load_learned(checkpoints or {})
     unknown = [b for b in baselines if b not in BASELINES]
-    if unknown or not lr_grid or min(lr_grid) <= 0 or steps < 1:
+    if unknown or not lr_grid or min(lr_grid) <= 0 or not weight_decay_grid or min(weight_decay_grid) < 0 or steps < 1:
         raise ConfigError(f"baselines must be names from {list(BASELINES)} (unknown: {unknown}), lr_grid positive "
-                          f"learning rates and steps >= 1; got {list(lr_grid)}, {steps}")
+                          f"learning rates, weight_decay_grid weight decays >= 0 and steps >= 1; got {list(lr_grid)}, "
+                          f"{list(weight_decay_grid)}, {steps}")
     if learned_lr_grid is not None and (not learned_lr_grid or min(learned_lr_grid) <= 0):
         raise ConfigError(f"learned_lr_grid must be positive learning rates, or null to run each learned optimizer "
                           f"at its own lr; got {list(learned_lr_grid)}")
@@ -110,7 +116,8 @@ def evaluation_report(
     test_specs = _specs(tasks, seeds, steps, data_dir)
     val_specs = _specs(tasks if tuning_tasks is None else tuning_tasks, val_seeds, steps, data_dir)
     learned_grid = list(learned_lr_grid or ())
-    runs = (len(val_specs) * (len(baselines) * len(lr_grid) + len(learned) * len(learned_grid))
+    settings = {name: baseline_settings(name, lr_grid, weight_decay_grid) for name in baselines}
+    runs = (len(val_specs) * (sum(map(len, settings.values())) + len(learned) * len(learned_grid))
             + len(test_specs) * (len(learned) + len(baselines)))
     progress = tqdm(total=runs, desc="evaluation runs", unit="run", disable=cached_only)
     cache = TrajectoryCache(Path(out_dir) / "runs" if cache_dir is None else cache_dir)
@@ -130,28 +137,31 @@ def evaluation_report(
                 progress.update()
         return [None if t is None else replace(t, meta_seed=job[3]) for t, job in zip(made, jobs)]
 
-    val_jobs = [(build_baseline(name, lr), spec, name, None, lr)
-                for spec in val_specs for name in baselines for lr in lr_grid]
-    val_jobs += [(rule, spec, method, meta_seed, lr)
-                 for spec in val_specs for method, meta_seed, rule in learned for lr in learned_grid]
-    grid = {(_label(method, meta_seed), lr, spec.name): trajectory
-            for (_, spec, method, meta_seed, lr), trajectory in zip(val_jobs, run_all(val_jobs))}
+    tried: list[tuple[Job, BaselineSetting | float]] = [  # each tuning run and the setting it tries
+        ((setting.build(name), spec, name, None, setting.lr), setting)
+        for spec in val_specs for name in baselines for setting in settings[name]]
+    tried += [((rule, spec, method, meta_seed, lr), lr)
+              for spec in val_specs for method, meta_seed, rule in learned for lr in learned_grid]
+    grid = {(_label(job[2], job[3]), setting, job[1].name): trajectory
+            for (job, setting), trajectory in zip(tried, run_all([job for job, _ in tried]))}
     missing = [key for key, trajectory in grid.items() if trajectory is None]
     if missing:
         raise ConfigError(f"cached_only: {len(missing)} of {len(grid)} tuning runs are not in {cache.folder} (e.g. "
                           f"{missing[0]}); run the report without cached_only until its tuning runs are done")
-    tuned = best_lrs(grid)
+    tuned = best_settings(grid)
 
-    def tuned_lr(name: str, spec: TaskSpec) -> float:
+    def tuned_setting(name: str, spec: TaskSpec) -> BaselineSetting | float:  # a learned rule's: its lr
         if (name, spec.family) not in tuned:
             raise ConfigError(f"no tuning task of family '{spec.family}' for {spec.name}; add one to tuning_tasks")
         return tuned[(name, spec.family)]
 
     test_jobs: list[Job] = []
     for spec in test_specs:
-        test_jobs += [(rule, spec, method, meta_seed, tuned_lr(_label(method, meta_seed), spec) if learned_grid else None)
-                      for method, meta_seed, rule in learned]
-        test_jobs += [(build_baseline(name, tuned_lr(name, spec)), spec, name, None, None) for name in baselines]
+        test_jobs += [(rule, spec, method, meta_seed, tuned_setting(_label(method, meta_seed), spec) if learned_grid
+                       else None) for method, meta_seed, rule in learned]
+        for name in baselines:
+            setting = tuned_setting(name, spec)
+            test_jobs.append((setting.build(name), spec, name, None, None))
     made = run_all(test_jobs)
     trajectories = [t for t in made if t is not None]
     if cached_only:
@@ -160,15 +170,22 @@ def evaluation_report(
         if not trajectories:
             raise ConfigError(f"cached_only: none of the {len(made)} test runs is in {cache.folder} yet")
     progress.close()
-    write_report(trajectories, Path(out_dir), list(dict.fromkeys(method for method, _, _ in learned)))
+    write_report(trajectories, Path(out_dir), list(dict.fromkeys(method for method, _, _ in learned)), tuned)
     return trajectories
 
 
-def write_report(trajectories: list[Trajectory], out_dir: Path, learned: list[str]) -> None:
+def write_report(trajectories: list[Trajectory], out_dir: Path, learned: list[str],
+                 tuned: dict[tuple[str, str], BaselineSetting | float] | None = None) -> None:
     """Tables, curves and a TensorBoard run of ``trajectories`` in ``out_dir``; the ``learned`` methods are paired
-    against :data:`REFERENCE` if it was run."""
+    against :data:`REFERENCE` if it was run; ``tuned``: the setting chosen per ``(method, task family)`` on the
+    validation seeds (a baseline's :class:`~lightning_l2o.meta_optimizers.BaselineSetting`, a learned rule's lr)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(trajectories)
+    if tuned:
+        table += "\n\nChosen on the validation seeds: " + "; ".join(
+            f"{name} on {family}: {setting if isinstance(setting, BaselineSetting) else f'lr {setting:g}'}"
+            for (name, family), setting in tuned.items()) + "."
+
     if learned and any(t.method == REFERENCE for t in trajectories):
         paired = paired_rows(trajectories, REFERENCE, learned)
         table += "\n\n" + paired_table(paired, REFERENCE)

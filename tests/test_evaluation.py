@@ -14,14 +14,14 @@ from lightning_l2o.evaluation import (
     TrajectoryCache,
     _python_code,
     _run_digest,
-    best_lrs,
+    best_settings,
     grid_search,
     log10_loss,
     meta_test,
     summarize,
     validation_scores,
 )
-from lightning_l2o.meta_optimizers import Opt2Vec, SGDMomentum
+from lightning_l2o.meta_optimizers import BaselineSetting, Opt2Vec, SGDMomentum
 from lightning_l2o.tasks import TaskSpec
 
 SPEC = TaskSpec("quadratic", arch={"dim": 5}, horizon=30, seed=101)
@@ -44,16 +44,34 @@ def test_best_lr_is_chosen_per_family_and_diverged_runs_lose():
     specs = [SPEC, SPEC.with_seed(102)]
     grid = grid_search(["sgd_momentum", "adam"], [1e-4, 1e-2, 10.0], specs)
     assert len(grid) == 12
-    lrs = best_lrs(grid)
-    assert lrs[("sgd_momentum", "quadratic")] == 1e-2
-    assert lrs[("adam", "quadratic")] != 10.0 or not grid[("adam", 10.0, SPEC.name)].diverged
+    chosen = best_settings(grid)
+    assert chosen[("sgd_momentum", "quadratic")] == BaselineSetting(1e-2)
+    assert chosen[("adam", "quadratic")].lr != 10.0 or not grid[("adam", BaselineSetting(10.0), SPEC.name)].diverged
     scores = validation_scores(grid)
-    assert scores[("sgd_momentum", "quadratic", 10.0)] == math.inf
-    assert scores[("adam", "quadratic", 1e-2)] == pytest.approx(
-        sum(log10_loss(grid[("adam", 1e-2, spec.name)].final_loss) for spec in specs) / 2)
+    assert scores[("sgd_momentum", "quadratic", BaselineSetting(10.0))] == math.inf
+    assert scores[("adam", "quadratic", BaselineSetting(1e-2))] == pytest.approx(
+        sum(log10_loss(grid[("adam", BaselineSetting(1e-2), spec.name)].final_loss) for spec in specs) / 2)
     rows = summarize(grid.values())
     diverged = {(r["method"], r["lr"]): r["diverged"] for r in rows}
     assert diverged[("sgd_momentum", "0.0001/0.01/10")] == 2
+
+
+def test_adamw_weight_decay_is_tuned_with_its_lr_on_the_validation_runs():
+    """AdamW tries every (lr, weight decay) pair; a weight decay that pulls the optimum to zero loses to a small one
+    and the chosen setting is the run with the lowest validation loss. Adam and SGD-momentum try lrs only."""
+    specs = [SPEC, SPEC.with_seed(102)]
+    grid = grid_search(["adamw", "adam"], [0.03, 0.1], specs, weight_decay_grid=[0.0, 3.0])
+    tried = {(name, setting) for name, setting, _ in grid}
+    assert tried == {("adamw", BaselineSetting(lr, wd)) for lr in (0.03, 0.1) for wd in (0.0, 3.0)} | {
+        ("adam", BaselineSetting(lr)) for lr in (0.03, 0.1)}
+    scores = validation_scores(grid)
+    chosen = best_settings(grid)[("adamw", "quadratic")]
+    assert chosen.weight_decay == 0.0
+    assert scores[("adamw", "quadratic", chosen)] == min(
+        score for (name, _, _), score in scores.items() if name == "adamw")
+    decayed = grid[("adamw", BaselineSetting(0.1, 3.0), SPEC.name)]
+    plain = grid[("adamw", BaselineSetting(0.1, 0.0), SPEC.name)]
+    assert decayed.final_loss > plain.final_loss  # the weight decay was applied, not dropped
 
 
 def test_meta_test_runs_under_inference_mode():

@@ -17,6 +17,7 @@ from lightning_l2o import (
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import PersistentES, TruncatedBackprop
 from lightning_l2o.evaluation import meta_test
+from lightning_l2o.meta_optimizers import AdamW
 from lightning_l2o.tasks import TaskSpec
 from lightning_l2o.unroll import InnerState
 from tests.conftest import quadratic, tiny_datamodule, tiny_trainer
@@ -146,11 +147,29 @@ def test_cosine_schedule_decays_the_outer_lr(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, key",
-    [({"outer_lr": -1.0}, "outer_lr"), ({"baselines": ["lion"]}, "baselines"), ({"lr_grid": []}, "lr_grid")],
+    [({"outer_lr": -1.0}, "outer_lr"), ({"baselines": ["lion"]}, "baselines"), ({"lr_grid": []}, "lr_grid"),
+     ({"weight_decay_grid": [-1.0]}, "weight_decay_grid")],
 )
 def test_bad_values_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=f"model.{key}"):
         L2OModule(Opt2Vec(), **kwargs)
+
+
+def test_validation_and_test_run_adamw_at_its_weight_decay_tuned_on_the_validation_tasks(tmp_path):
+    """Validation keeps AdamW's best (lr, weight decay) of the grid on the val tasks; test runs AdamW at that
+    setting, so its test trajectories are runs of AdamW with that weight decay."""
+    module = L2OModule(Opt2Vec(), baselines=["adamw"], lr_grid=[0.1], weight_decay_grid=[0.0, 3.0])
+    trainer = tiny_trainer(tmp_path, max_steps=1, limit_val_batches=1.0)
+    datamodule = tiny_datamodule()
+    trainer.validate(module, datamodule)
+    kept = [t for t in module.meta_test_trajectories if t.method == "adamw"]
+    assert len(kept) == 1 and len(module._val_grid) == 2
+    best = min(module._val_grid.values(), key=lambda t: t.final_loss)
+    assert torch.equal(kept[0].losses, best.losses)
+    trainer.test(module, datamodule)
+    for trajectory in (t for t in module.meta_test_trajectories if t.method == "adamw"):
+        expected = meta_test(AdamW(lr=0.1, weight_decay=0.0), trajectory.spec)
+        assert torch.equal(trajectory.losses, expected.losses)
 
 
 def test_incompatible_checkpoint_is_refused_clearly():

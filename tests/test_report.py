@@ -6,6 +6,7 @@ import csv
 import math
 import multiprocessing
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from lightning_l2o import FFMetaOptimizer, L2OModule, evaluation
 from lightning_l2o.checkpoints import load_meta_optimizer
 from lightning_l2o.errors import ConfigError
 from lightning_l2o.estimators import TruncatedBackprop
+from lightning_l2o.meta_optimizers import AdamW
 from lightning_l2o.report import evaluation_report, main
 from lightning_l2o.tasks import TaskSpec
 from tests.conftest import REPO, SHARED_DATA, tiny_datamodule, tiny_trainer
@@ -247,6 +249,31 @@ def test_reports_side_by_side_on_one_cache_make_each_run_once(tmp_path):
     assert len(set(first + second)) == len(first + second) == 8 + 12  # 2 x 2 x 2 tuning runs, 6 x 2 test runs
     assert first and second, "one report made every run: the other did not share the work"
     assert first_runs == second_runs and len(first_runs) == 12
+
+
+def test_report_tunes_adamw_weight_decay_on_validation_seeds_and_tests_with_the_chosen_setting(tmp_path):
+    """AdamW's (lr, weight decay) is chosen on the validation seeds, named in results.md, and its test runs are runs
+    of AdamW at exactly that setting."""
+    spec = TaskSpec("quadratic", arch={"dim": 5})
+    trajectories = evaluation_report(
+        tasks=[spec], seeds=[101, 102], steps=20, baselines=["adamw"], lr_grid=[0.03, 0.1],
+        weight_decay_grid=[0.0, 3.0], val_seeds=[201, 202], out_dir=str(tmp_path))
+    validation = {(lr, wd): sum(evaluation.log10_loss(evaluation.meta_test(
+        AdamW(lr=lr, weight_decay=wd), replace(spec, horizon=20).with_seed(seed)).final_loss) for seed in (201, 202))
+        for lr in (0.03, 0.1) for wd in (0.0, 3.0)}
+    lr, wd = min(validation, key=validation.get)
+    assert wd == 0.0
+    assert f"adamw on quadratic: lr {lr:g}, weight decay 0." in (tmp_path / "results.md").read_text()
+    for trajectory in trajectories:
+        expected = evaluation.meta_test(AdamW(lr=lr, weight_decay=wd), trajectory.spec)
+        assert torch.equal(trajectory.losses, expected.losses)
+    assert len(list((tmp_path / "runs").glob("*.pt"))) == 2 * 4 + 2  # every (lr, weight decay) on 2 seeds, 2 tests
+
+
+def test_report_refuses_a_negative_weight_decay(tmp_path):
+    with pytest.raises(ConfigError, match="weight_decay_grid weight decays >= 0"):
+        evaluation_report(tasks=[TaskSpec("quadratic", arch={"dim": 5})], seeds=[101], baselines=["adamw"],
+                          weight_decay_grid=[-0.1], out_dir=str(tmp_path))
 
 
 def test_report_rejects_test_seeds_among_validation_seeds(tmp_path, fake_cifar10):

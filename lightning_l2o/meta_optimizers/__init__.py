@@ -3,9 +3,12 @@
 from lightning_l2o.meta_optimizers.base import Info, MetaOptimizer, State
 from lightning_l2o.meta_optimizers.baselines import (
     BASELINES,
+    DECAYED_BASELINES,
     Adam,
     AdamW,
+    BaselineSetting,
     SGDMomentum,
+    baseline_settings,
     build_baseline,
 )
 from lightning_l2o.meta_optimizers.ff import FFMetaOptimizer
@@ -14,7 +17,7 @@ from lightning_l2o.meta_optimizers.lstm import LSTMMetaOptimizer
 from lightning_l2o.meta_optimizers.opt2vec import Opt2Vec, TinyOpt2VecNetwork
 
 __all__ = [
-    "BASELINES", "Adam", "AdamW", "FFMetaOptimizer", "Info", "LSTMMetaOptimizer", "MetaOptimizer", "NFNMetaOptimizer", "Opt2Vec", "PNAMetaOptimizer", "RelationalTransformerMetaOptimizer",
+    "BASELINES", "DECAYED_BASELINES", "Adam", "AdamW", "BaselineSetting", "FFMetaOptimizer", "Info", "LSTMMetaOptimizer", "MetaOptimizer", "NFNMetaOptimizer", "Opt2Vec", "PNAMetaOptimizer", "RelationalTransformerMetaOptimizer",
     "SGDMomentum", "State", "TinyOpt2VecNetwork",
-    "build_baseline",
+    "baseline_settings", "build_baseline",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from lightning_l2o.errors import ConfigError
@@ -89,10 +92,41 @@ class AdamW(Adam):
 
 
 BASELINES: dict[str, type[MetaOptimizer]] = {"adam": Adam, "adamw": AdamW, "sgd_momentum": SGDMomentum}
+DECAYED_BASELINES = frozenset({"adamw"})
+"""The baselines whose weight decay is their own option, tuned with their lr (``adam`` runs without any)."""
 
 
-def build_baseline(name: str, lr: float) -> MetaOptimizer:
-    """The hand-designed optimizer called ``name`` at learning rate ``lr``."""
+@dataclass(frozen=True)
+class BaselineSetting:
+    """What tuning chooses for a baseline: its ``lr`` and, for one of :data:`DECAYED_BASELINES`, its
+    ``weight_decay`` (``None``: the baseline has none to tune)."""
+
+    lr: float
+    weight_decay: float | None = None
+
+    def __str__(self) -> str:
+        return f"lr {self.lr:g}" + ("" if self.weight_decay is None else f", weight decay {self.weight_decay:g}")
+
+    def build(self, name: str) -> MetaOptimizer:
+        """The baseline ``name`` at this setting (:func:`build_baseline`)."""
+        return build_baseline(name, self.lr, self.weight_decay)
+
+
+def baseline_settings(name: str, lr_grid: Sequence[float], weight_decay_grid: Sequence[float]) -> list[BaselineSetting]:
+    """The settings tuning tries for baseline ``name``: every lr of ``lr_grid``, crossed with every weight decay of
+    ``weight_decay_grid`` for one of :data:`DECAYED_BASELINES`."""
+    if name in DECAYED_BASELINES:
+        return [BaselineSetting(lr, weight_decay) for weight_decay in weight_decay_grid for lr in lr_grid]
+    return [BaselineSetting(lr) for lr in lr_grid]
+
+
+def build_baseline(name: str, lr: float, weight_decay: float | None = None) -> MetaOptimizer:
+    """The hand-designed optimizer called ``name`` at learning rate ``lr`` and, for one of
+    :data:`DECAYED_BASELINES`, ``weight_decay`` (``None``: its default)."""
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline '{name}'; choose from: {', '.join(BASELINES)}")
-    return BASELINES[name](lr=lr)
+    if weight_decay is None:
+        return BASELINES[name](lr=lr)
+    if name not in DECAYED_BASELINES:
+        raise ConfigError(f"baseline '{name}' has no weight decay to set; only {sorted(DECAYED_BASELINES)} have one")
+    return BASELINES[name](lr=lr, weight_decay=weight_decay)

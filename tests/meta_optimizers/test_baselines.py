@@ -45,3 +45,7 @@ def test_baselines_have_nothing_to_learn_and_bad_values_are_named():
         Adam(warmup_steps=-1)
     with pytest.raises(ConfigError, match="unknown baseline 'rmsprop'"):
         build_baseline("rmsprop", 0.1)
+    assert build_baseline("adamw", 1e-3, weight_decay=0.1).weight_decay == 0.1
+    assert build_baseline("adamw", 1e-3).weight_decay == 0.01
+    with pytest.raises(ConfigError, match="'sgd_momentum' has no weight decay to set; only \\['adamw'\\]"):
+        build_baseline("sgd_momentum", 0.1, weight_decay=0.1)

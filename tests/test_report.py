@@ -287,9 +287,10 @@ def test_shipped_suite_config_runs_from_the_command_line(tmp_path, monkeypatch, 
         pytest.skip(f"configs/eval/suite.yaml evaluates FashionMNIST presets; not in {SHARED_DATA}")
     monkeypatch.setenv("L2O_DATA_DIR", str(SHARED_DATA))
     main([f"--config={REPO / 'configs/eval/suite.yaml'}", "--tasks=[fashion_mnist-depth1]", "--seeds=[101]",
-          "--steps=3", "--lr_grid=[0.01]", "--tuning_tasks=[fashion_mnist-depth1]", "--val_seeds=[201]",
-          f"--out_dir={tmp_path}", f"--checkpoints={{ff: {_checkpoint(tmp_path, 'ff')}}}"])
-    assert "fashion_mnist-depth1" in (tmp_path / "results.md").read_text()
+          "--steps=3", "--lr_grid=[0.01]", "--weight_decay_grid=[0.01]", "--tuning_tasks=[fashion_mnist-depth1]",
+          "--val_seeds=[201]", f"--out_dir={tmp_path}", f"--checkpoints={{ff: {_checkpoint(tmp_path, 'ff')}}}"])
+    results = (tmp_path / "results.md").read_text()
+    assert "fashion_mnist-depth1" in results and "adamw on cnn: lr 0.01, weight decay 0.01" in results
     assert "sgd_momentum" in capsys.readouterr().out
 
 

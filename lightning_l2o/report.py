@@ -4,12 +4,12 @@
 
 Every baseline's learning rate is chosen on ``lr_grid`` per task family on the validation seeds of the
 tuning tasks (never on test seeds), with its weight decay from ``weight_decay_grid`` for a baseline that has one
-(``adamw``), and so is every learned optimizer's base lr from ``learned_lr_grid`` where one
-is given (else each runs at its own); then every learned optimizer (each checkpoint of a method given a list,
-one per meta-training seed) and every tuned baseline trains each task preset with each test seed for
-``steps`` inner steps. ``out_dir`` receives ``results.md`` (mean ± std of final train loss and test
-accuracy, the settings tuning chose, and each learned method paired against tuned Adam on the same test seeds: mean difference, 95 %
-confidence interval, wins / losses, verdict), ``results.csv`` (one row per run), ``summary.csv``,
+(``adamw``), and so is every learned optimizer's base lr from ``learned_lr_grid`` where one is given (else each runs at
+its own); then every learned optimizer (each checkpoint of a method given a list, one per meta-training seed) and every
+tuned baseline trains each task preset with each test seed for ``steps`` inner steps. ``out_dir`` receives
+``results.md`` (mean ± std of final train loss and test accuracy, the settings tuning chose, and each learned method
+paired against tuned Adam on the same test seeds: mean difference, 95 % confidence interval, wins / losses, verdict),
+``results.csv`` (one row per run), ``summary.csv``,
 ``paired.csv``, ``curves.csv``, ``loss_curves.png`` and a TensorBoard run (``tensorboard --logdir <out_dir>``).
 A diverging optimizer is recorded as diverged, not raised. Every run is kept in ``cache_dir``
 (:class:`~lightning_l2o.evaluation.TrajectoryCache`): a killed report resumes where it stopped when started again,
@@ -185,7 +185,6 @@ def write_report(trajectories: list[Trajectory], out_dir: Path, learned: list[st
         table += "\n\nChosen on the validation seeds: " + "; ".join(
             f"{name} on {family}: {setting if isinstance(setting, BaselineSetting) else f'lr {setting:g}'}"
             for (name, family), setting in tuned.items()) + "."
-
     if learned and any(t.method == REFERENCE for t in trajectories):
         paired = paired_rows(trajectories, REFERENCE, learned)
         table += "\n\n" + paired_table(paired, REFERENCE)

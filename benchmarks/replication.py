@@ -138,7 +138,8 @@ def report(
     checkpoints = _pretrained(methods, pretrained) if pretrained is not None else _checkpoints(methods, runs)
     cmd = [sys.executable, "-m", "lightning_l2o.report", "--out_dir", str(OUT / name), "--steps", str(steps),
            "--seeds", str(seeds), "--tasks", str(presets), "--tuning_tasks", str(tuning_presets),
-           "--lr_grid", str(lr_grid), "--weight_decay_grid", str(weight_decay_grid), "--learned_lr_grid", "null" if learned_lr_grid is None else str(learned_lr_grid),
+           "--lr_grid", str(lr_grid), "--weight_decay_grid", str(weight_decay_grid),
+           "--learned_lr_grid", "null" if learned_lr_grid is None else str(learned_lr_grid),
            "--val_seeds", str(val_seeds), "--baselines", str(baselines),
            "--checkpoints", str(checkpoints), "--cache_dir", str(OUT / "runs"), "--cached_only", str(cached_only)]
     print(" ".join(cmd), flush=True)
@@ -387,7 +388,7 @@ def main() -> None:
                                     f"{' '.join(map(str, WEIGHT_DECAY_GRID))})")
     report_parser.add_argument("--val-seeds", type=int, nargs="+", default=[201, 202])
     report_parser.add_argument("--tuning-presets", nargs="+", default=["17"],
-                               help="presets whose validation seeds choose every lr (default: task 17, as the seed's "
+                               help="presets whose validation seeds choose every lr and weight decay (default: task 17, as the seed's "
                                     "protocol); name the evaluated preset to tune on it, one report per preset "
                                     "(presets of one family given together share one lr)")
     report_parser.add_argument("--learned-lr-grid", type=float, nargs="+",
